@@ -25,6 +25,7 @@ pub enum Command {
     /// Send --requests requests, --concurrency at a time; print one JSON summary line.
     Load(LoadArgs),
     /// Send one request and print each server-sent event as it arrives, with ms since the start.
+    /// Without --body, asks for a 16-token stream. Exit 0 iff 2xx and the stream ended with [DONE].
     Stream(StreamArgs),
 }
 

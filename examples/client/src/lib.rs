@@ -3,4 +3,6 @@
 //! `stream` its server-sent events as they arrive.
 
 pub mod cli;
+pub mod load;
+pub mod stream;
 pub mod transport;

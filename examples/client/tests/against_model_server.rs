@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use infermesh_client::cli::RequestArgs;
-use infermesh_client::transport;
+use infermesh_client::stream::{self, StreamItem};
+use infermesh_client::{load, transport};
 use infermesh_model_server::Config;
 use tokio::sync::oneshot;
 
@@ -125,4 +126,155 @@ async fn error_rate_one_always_gives_error_status() {
         .expect("in time")
         .expect("answer");
     assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn streamed_tokens_arrive_one_by_one_at_the_token_interval() {
+    const INTERVAL: Duration = Duration::from_millis(80);
+    const TOKENS: usize = 5;
+    let mut config = Config::new("v2");
+    config.token_interval = INTERVAL;
+    let server = start(config).await;
+    let body = format!(r#"{{"prompt":"one two three","max_tokens":{TOKENS},"stream":true}}"#);
+    let spec = args(
+        format!("http://{}/v1/completions", server.addr),
+        Some(&body),
+    )
+    .to_spec(None)
+    .expect("valid");
+    let mut items = Vec::new();
+    let end = stream::run(&transport::client(), &spec, |item| items.push(item.clone()))
+        .await
+        .expect("stream completes");
+    assert_eq!(end.status, 200);
+    assert!(end.done, "stream ends with [DONE]");
+    assert_eq!(end.events, TOKENS + 1);
+
+    let StreamItem::Head { version, .. } = &items[0] else {
+        panic!("first item is the head: {items:?}");
+    };
+    assert_eq!(version.as_deref(), Some("v2"));
+    let events: Vec<(Duration, String)> = items[1..]
+        .iter()
+        .map(|i| match i {
+            StreamItem::Event { at, text } => (*at, text.clone()),
+            StreamItem::Head { .. } => panic!("one head only"),
+        })
+        .collect();
+    let texts: Vec<String> = events[..TOKENS]
+        .iter()
+        .map(|(_, t)| {
+            let json = t.strip_prefix("data: ").expect("data event");
+            let v: serde_json::Value = serde_json::from_str(json).expect("json chunk");
+            v["choices"][0]["text"].as_str().expect("text").to_owned()
+        })
+        .collect();
+    assert_eq!(texts, ["one", " two", " three", " one", " two"]);
+    assert_eq!(events[TOKENS].1, "data: [DONE]");
+    // Arrival times never go backwards.
+    assert!(events.windows(2).all(|w| w[0].0 <= w[1].0));
+    // The first token was delivered while the rest were still being produced: a buffered
+    // answer would deliver all of them at once.
+    let first = events[0].0;
+    let last = events[TOKENS - 1].0;
+    // The last token is produced TOKENS intervals after the request (timers never fire early).
+    assert!(
+        first < INTERVAL * TOKENS as u32,
+        "first event only arrived at {first:?}"
+    );
+    assert!(
+        last - first >= INTERVAL * (TOKENS as u32 - 1) / 2,
+        "tokens arrived together (first {first:?}, last {last:?})"
+    );
+    assert!(
+        end.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        end.elapsed
+    );
+}
+
+#[tokio::test]
+async fn chat_stream_uses_chunk_objects() {
+    let mut config = Config::new("v1");
+    config.token_interval = Duration::from_millis(1);
+    let server = start(config).await;
+    let spec = args(format!("http://{}/v1/chat/completions", server.addr), None)
+        .to_spec(Some(stream::default_body("/v1/chat/completions")))
+        .expect("valid");
+    let mut texts = Vec::new();
+    let end = stream::run(&transport::client(), &spec, |item| {
+        if let StreamItem::Event { text, .. } = item {
+            texts.push(text.clone());
+        }
+    })
+    .await
+    .expect("stream completes");
+    assert!(end.done);
+    assert_eq!(texts.len(), 17, "16 tokens then [DONE]");
+    let v: serde_json::Value =
+        serde_json::from_str(texts[0].trim_start_matches("data: ")).expect("json chunk");
+    assert_eq!(v["object"], "chat.completion.chunk");
+    assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
+}
+
+#[tokio::test]
+async fn load_counts_versions_and_statuses() {
+    let v1 = start(Config::new("v1")).await;
+    let spec = args(format!("http://{}/", v1.addr), None)
+        .to_spec(None)
+        .expect("valid");
+    let client = transport::client();
+    let summary = load::run(&client, &spec, 40, 4).await;
+    assert_eq!((summary.total, summary.ok, summary.errors), (40, 40, 0));
+    assert_eq!(summary.by_version.get("v1"), Some(&40));
+    assert_eq!(summary.by_status.get("200"), Some(&40));
+
+    let mut config = Config::new("v2");
+    config.error_rate = 1.0;
+    let failing = start(config).await;
+    let spec = args(format!("http://{}/", failing.addr), None)
+        .to_spec(None)
+        .expect("valid");
+    let summary = load::run(&client, &spec, 10, 3).await;
+    assert_eq!((summary.total, summary.ok, summary.errors), (10, 0, 10));
+    assert_eq!(summary.by_status.get("503"), Some(&10));
+    assert_eq!(summary.by_version.get("v2"), Some(&10));
+}
+
+#[tokio::test]
+async fn load_stops_at_the_time_bound() {
+    let mut config = Config::new("v1");
+    config.latency = Duration::from_secs(3);
+    let slow = start(config).await;
+    let mut spec = args(format!("http://{}/", slow.addr), None)
+        .to_spec(None)
+        .expect("valid");
+    spec.timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let summary = load::run(&transport::client(), &spec, 5, 2).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (summary.ok, summary.errors, summary.not_finished),
+        (0, 5, 5)
+    );
+}
+
+#[tokio::test]
+async fn unreachable_server_counts_as_failure() {
+    // Bind then drop, so the port is (very likely) closed.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let spec = args(format!("http://{addr}/"), None)
+        .to_spec(None)
+        .expect("valid");
+    let summary = load::run(&transport::client(), &spec, 3, 1).await;
+    assert_eq!((summary.failed, summary.errors), (3, 3));
+    assert!(summary.first_failure.is_some());
 }

@@ -1,16 +1,30 @@
 //! `infermesh-model-server` entry point: parse flags, listen, serve until SIGTERM or Ctrl-C.
 
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use infermesh_model_server::{Args, Config, serve};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("infermesh-model-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let pod = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned());
     let config = Config::from_args(&args, pod).context("invalid flags")?;
