@@ -11,16 +11,47 @@ use infermesh_client::{load, stream, transport};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Get(args) => get(args).await,
-        Command::Load(args) => run_load(args).await,
-        Command::Stream(args) => run_stream(args).await,
+    let command = async {
+        match Cli::parse().command {
+            Command::Get(args) => get(args).await,
+            Command::Load(args) => run_load(args).await,
+            Command::Stream(args) => run_stream(args).await,
+        }
+    };
+    // As PID 1 in a pod nothing else ends the process on SIGTERM: stop at once.
+    let result = tokio::select! {
+        result = command => result,
+        () = terminated() => {
+            eprintln!("infermesh-client: stopped by signal");
+            return ExitCode::from(143);
+        }
     };
     result.unwrap_or_else(|e| {
         // One line with the causes; no backtrace for a user-facing failure.
         eprintln!("infermesh-client: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }
 
 fn exit_if(success: bool) -> ExitCode {

@@ -278,3 +278,40 @@ async fn unreachable_server_counts_as_failure() {
     assert_eq!((summary.failed, summary.errors), (3, 3));
     assert!(summary.first_failure.is_some());
 }
+
+#[tokio::test]
+async fn shutdown_lets_a_running_stream_finish_then_returns() {
+    let mut config = Config::new("v1");
+    config.token_interval = Duration::from_millis(40);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(infermesh_model_server::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let spec = args(
+        format!("http://{addr}/v1/completions"),
+        Some(r#"{"prompt":"a b","max_tokens":6,"stream":true}"#),
+    )
+    .to_spec(None)
+    .expect("valid");
+    let mut stop = Some(stop);
+    let end = stream::run(&transport::client(), &spec, |item| {
+        // Ask for shutdown as soon as the first token is in.
+        if matches!(item, StreamItem::Event { .. })
+            && let Some(stop) = stop.take()
+        {
+            let _ = stop.send(());
+        }
+    })
+    .await
+    .expect("stream completes despite shutdown");
+    assert!(end.done);
+    assert_eq!(end.events, 7);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server returns after draining")
+        .expect("server task did not panic");
+}

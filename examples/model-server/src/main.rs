@@ -32,6 +32,7 @@ async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr}: is the port free? choose another with --port")
     })?;
+    let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(
         %addr,
         version = %config.version,
