@@ -315,3 +315,24 @@ async fn shutdown_lets_a_running_stream_finish_then_returns() {
         .expect("server returns after draining")
         .expect("server task did not panic");
 }
+
+#[tokio::test]
+async fn models_list_and_wrong_method() {
+    let server = start(Config::new("v1")).await;
+    let client = transport::client();
+    let spec = args(format!("http://{}/v1/models", server.addr), None)
+        .to_spec(None)
+        .expect("valid");
+    let resp = transport::fetch(&client, &spec).await.expect("answer");
+    assert_eq!(resp.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("json body");
+    assert_eq!(v["data"][0]["id"], "infermesh-demo");
+
+    let spec = args(format!("http://{}/v1/completions", server.addr), None)
+        .to_spec(None)
+        .expect("valid");
+    let resp = transport::fetch(&client, &spec).await.expect("answer");
+    assert_eq!(resp.status, 405);
+    assert_eq!(resp.headers["allow"], "POST");
+    assert_eq!(resp.model_version(), Some("v1"));
+}

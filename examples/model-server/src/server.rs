@@ -100,12 +100,12 @@ where
     let path = req.uri().path();
     let (allowed, endpoint) = match path {
         "/health" => ("GET, HEAD", None),
-        "/" => ("GET, HEAD", None),
+        "/" | "/v1/models" => ("GET, HEAD", None),
         "/v1/completions" => ("POST", Some(Endpoint::Completions)),
         "/v1/chat/completions" => ("POST", Some(Endpoint::ChatCompletions)),
         _ => {
             let reason = format!(
-                "no route for {path}: try /health, /, /v1/completions or /v1/chat/completions"
+                "no route for {path}: try /health, /, /v1/models, /v1/completions or /v1/chat/completions"
             );
             return error_response(StatusCode::NOT_FOUND, "not_found", &reason);
         }
@@ -144,10 +144,12 @@ where
     }
 
     let Some(endpoint) = endpoint else {
-        return json_response(
-            StatusCode::OK,
-            &json!({"version": cfg.version, "pod": cfg.pod, "model": cfg.model}),
-        );
+        let body = if path == "/" {
+            json!({"version": cfg.version, "pod": cfg.pod, "model": cfg.model})
+        } else {
+            json!({"object": "list", "data": [{"id": cfg.model, "object": "model", "owned_by": "infermesh"}]})
+        };
+        return json_response(StatusCode::OK, &body);
     };
     let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
