@@ -2,7 +2,8 @@
 # Builds the project's images without Docker: static musl release binaries of the workspace,
 # one OCI archive per image under build/images/, imported into the local cluster's containerd
 # (namespace k8s.io) when it is up. Images whose binaries do not exist yet are skipped.
-# IMAGES="examples pause" limits the set.
+# IMAGES="examples pause" limits the set. CONTAINERD_ADDRESS (as ctr reads it) picks another
+# cluster's containerd socket, e.g. the shared one from /work/cluster.env.
 source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib.sh"
 TARGET=x86_64-unknown-linux-musl
 OUT="${BUILD}/images"
@@ -62,12 +63,13 @@ if [[ " ${want[*]} " == *" pause "* ]]; then
   tars+=(pause)
 fi
 
+sock="${CONTAINERD_ADDRESS:-${CONTAINERD_SOCK}}"
 up=0
-"${REPO_ROOT}/hack/cluster/status" --quiet && up=1
+[[ -S "$sock" ]] && ctr -a "$sock" version >/dev/null 2>&1 && up=1
 for img in "${tars[@]}"; do
   size="$(du -h --apparent-size "${OUT}/${img}.tar" | cut -f1)"
   if ((up)); then
-    ctr -n k8s.io -a "${CONTAINERD_SOCK}" images import "${OUT}/${img}.tar" >/dev/null \
+    ctr -n k8s.io -a "$sock" images import "${OUT}/${img}.tar" >/dev/null \
       || die "importing ${OUT}/${img}.tar failed: see ${LOGS}/containerd.log"
     printf 'infermesh/%-10s 0.1.0  %6s  %s  (imported)\n' "$img" "$size" "${OUT}/${img}.tar"
   else
