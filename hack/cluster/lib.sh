@@ -52,7 +52,8 @@ component_pid() {
   f="$(pidfile "$1")"
   [[ -f "$f" ]] || return 0
   pid="$(cat "$f" 2>/dev/null || true)"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  # A pid file can outlive its process and the pid be reused: check it is still ours.
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && is_ours "$pid" && echo "$pid"
   return 0
 }
 
