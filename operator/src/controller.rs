@@ -3,7 +3,7 @@
 //! status, records events on transitions, and cleans up behind a finalizer.
 
 use std::{
-    collections::{HashMap, hash_map::DefaultHasher},
+    collections::{HashMap, HashSet, hash_map::DefaultHasher},
     hash::{Hash, Hasher},
     sync::Arc,
     time::{Duration, Instant},
@@ -62,6 +62,33 @@ struct Published {
     entries: HashMap<String, (String, Time)>,
 }
 
+/// Pods each ModelService last resolved as endpoints (`ns/name` → pod names), so a pod whose labels
+/// stop matching still triggers the ModelService that listed it.
+#[derive(Clone, Default)]
+pub struct EndpointIndex(Arc<std::sync::Mutex<HashMap<String, HashSet<String>>>>);
+
+impl EndpointIndex {
+    fn set(&self, ms_key: String, pods: HashSet<String>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pods.is_empty() {
+            map.remove(&ms_key);
+        } else {
+            map.insert(ms_key, pods);
+        }
+    }
+
+    /// `ns/name` keys of the ModelServices that listed `pod` (in `ns`).
+    fn listing(&self, ns: &str, pod: &str) -> Vec<String> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(k, pods)| {
+                k.split_once('/').is_some_and(|(n, _)| n == ns) && pods.contains(pod)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -71,6 +98,7 @@ pub struct Context {
     services: Store<ModelService>,
     namespaces: std::sync::Mutex<HashMap<String, Arc<AsyncMutex<Published>>>>,
     backoff: std::sync::Mutex<Backoff>,
+    listed: EndpointIndex,
 }
 
 impl Context {
@@ -245,6 +273,13 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     let name = ms.name_any();
     let pods = ctx.namespace_pods(&ns);
     let resolved = resolve(&ms.spec, &ns, pods.iter().map(|p| p.as_ref()));
+    ctx.listed.set(
+        key(ms),
+        resolved
+            .iter()
+            .flat_map(|v| v.endpoints.iter().filter_map(|e| e.pod.clone()))
+            .collect(),
+    );
 
     let now = Time(Timestamp::now());
     let (revision, published_at) = {
@@ -363,6 +398,7 @@ async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     if owned {
         delete_if_present(&services, &name, "delete fronting Service").await?;
     }
+    ctx.listed.set(key(ms), HashSet::new());
     publish_event(
         ctx,
         ms,
@@ -487,12 +523,15 @@ pub async fn run(
     .predicate_filter(trigger_hash, Default::default());
 
     let mapper_store = services.clone();
+    let listed = EndpointIndex::default();
+    let mapper_listed = listed.clone();
     let pod_stream = watcher(api_for::<Pod>(&client, &scope), watcher::Config::default())
         .default_backoff()
         .modify(slim_pod)
         .reflect(pod_writer)
         .touched_objects();
 
+    let client_for_owns = client.clone();
     let ctx = Arc::new(Context {
         client,
         recorder,
@@ -501,13 +540,22 @@ pub async fn run(
         services: services.clone(),
         namespaces: Default::default(),
         backoff: Default::default(),
+        listed,
     });
+    let owned_services =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
 
     Controller::for_stream(ms_stream, services)
+        .owns(api_for::<Service>(&client_for_owns, &scope), owned_services)
         .watches_stream(pod_stream, move |pod: Pod| {
-            let ns = pod.namespace();
+            let ns = pod.namespace().unwrap_or_default();
+            let pod_name = pod.name_any();
+            let was_listed = mapper_listed.listing(&ns, &pod_name);
             mapper_store
-                .state_filter(|ms| ms.namespace() == ns && selects_pod(&ms.spec, &pod))
+                .state_filter(|ms| {
+                    ms.namespace().as_deref() == Some(ns.as_str())
+                        && (selects_pod(&ms.spec, &pod) || was_listed.contains(&key(ms)))
+                })
                 .into_iter()
                 .map(|ms| ObjectRef::from_obj(ms.as_ref()))
                 .collect::<Vec<_>>()
@@ -526,4 +574,36 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_index_finds_listing_modelservices_by_namespace() {
+        let idx = EndpointIndex::default();
+        idx.set("ns/llm".into(), HashSet::from(["pod-a".to_string()]));
+        idx.set("other/llm".into(), HashSet::from(["pod-a".to_string()]));
+        assert_eq!(idx.listing("ns", "pod-a"), ["ns/llm"]);
+        assert!(idx.listing("ns", "pod-b").is_empty());
+        idx.set("ns/llm".into(), HashSet::new());
+        assert!(idx.listing("ns", "pod-a").is_empty());
+    }
+
+    #[test]
+    fn own_status_writes_do_not_change_the_trigger_hash() {
+        use crate::fixtures::{model_service, spec_with};
+        let ms = model_service("llm", "ns", spec_with(&[("stable", 100, "v1")]));
+        let mut with_status = ms.clone();
+        with_status.status = Some(Default::default());
+        with_status.metadata.resource_version = Some("42".into());
+        assert_eq!(trigger_hash(&ms), trigger_hash(&with_status));
+        let mut newer = ms.clone();
+        newer.metadata.generation = Some(2);
+        assert_ne!(trigger_hash(&ms), trigger_hash(&newer));
+        let mut finalized = ms.clone();
+        finalized.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        assert_ne!(trigger_hash(&ms), trigger_hash(&finalized));
+    }
 }

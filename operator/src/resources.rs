@@ -53,7 +53,8 @@ pub fn mesh_config_map(
     config: &MeshConfig,
     owners: &[&ModelService],
 ) -> Result<ConfigMap, serde_json::Error> {
-    let json = serde_json::to_string_pretty(config)?;
+    // Compact: a namespace with hundreds of ModelServices must stay under the 1 MiB object limit.
+    let json = serde_json::to_string(config)?;
     Ok(ConfigMap {
         metadata: ObjectMeta {
             name: Some(CONFIG_MAP_NAME.into()),
