@@ -126,6 +126,23 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
+        // ModelServices left behind (no operator running any more) would hold the namespace in
+        // Terminating through their finalizer: strip it first.
+        let names = kubectl(&["get", "msvc", "-n", &self.name, "-o", "name"], None);
+        for obj in String::from_utf8_lossy(&names.stdout).lines() {
+            let _ = kubectl(
+                &[
+                    "patch",
+                    "-n",
+                    &self.name,
+                    obj,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ],
+                None,
+            );
+        }
         let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
     }
 }
@@ -171,6 +188,7 @@ pub fn free_port() -> u16 {
 /// The operator as a host process, scoped to one namespace (its Lease lives there too).
 pub struct OperatorProcess {
     child: Child,
+    namespace: String,
     pub admin_port: u16,
     pub log_path: PathBuf,
 }
@@ -200,6 +218,7 @@ impl OperatorProcess {
             .expect("the operator binary starts");
         Self {
             child,
+            namespace: namespace.to_string(),
             admin_port,
             log_path,
         }
@@ -243,7 +262,21 @@ impl OperatorProcess {
 }
 
 impl Drop for OperatorProcess {
+    /// Deletes the namespace's ModelServices while the operator still runs their finalizers.
     fn drop(&mut self) {
+        if !self.exited() {
+            let _ = kubectl(
+                &[
+                    "delete",
+                    "msvc",
+                    "--all",
+                    "-n",
+                    &self.namespace,
+                    "--timeout=30s",
+                ],
+                None,
+            );
+        }
         self.kill();
     }
 }

@@ -382,7 +382,19 @@ async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
             *published = Published::default();
         } else {
             published.at = None;
-            publish(ctx, &ns, &members, &mut published).await?;
+            match publish(ctx, &ns, &members, &mut published).await {
+                Ok(_) => {}
+                // The namespace is being deleted (nothing may be created in it) or is gone:
+                // the config goes with it, so the ModelService may go too.
+                Err(Error::Kube {
+                    source: kube::Error::Api(s),
+                    ..
+                }) if s.code == 403 || s.code == 404 => {
+                    tracing::info!(namespace = %ns, reason = %s.message, "mesh config not rewritten during cleanup");
+                    *published = Published::default();
+                }
+                Err(e) => return Err(e),
+            }
             published.entries.remove(&name);
         }
     }
@@ -589,6 +601,18 @@ mod tests {
         assert!(idx.listing("ns", "pod-b").is_empty());
         idx.set("ns/llm".into(), HashSet::new());
         assert!(idx.listing("ns", "pod-a").is_empty());
+    }
+
+    #[test]
+    fn slimmed_pods_keep_what_endpoint_resolution_reads() {
+        use crate::endpoints::{is_meshed, pod_endpoint};
+        use crate::fixtures::pod;
+        let mut p = pod("a", "ns", "v1", Some("198.18.64.5"), true, true);
+        let before = pod_endpoint(&p, 8080);
+        slim_pod(&mut p);
+        assert!(is_meshed(&p));
+        assert_eq!(pod_endpoint(&p, 8080), before);
+        assert_eq!(p.labels().get("version").map(String::as_str), Some("v1"));
     }
 
     #[test]
