@@ -148,7 +148,7 @@ impl Drop for TestNamespace {
 }
 
 /// Path of the operator binary: `$INFERMESH_OPERATOR_BIN`, else built from this checkout with
-/// cargo (into `target/e2e`, so it does not wait on the lock of the running `cargo test`).
+/// cargo (an up-to-date build costs about a second; cargo releases its lock before running tests).
 pub fn operator_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -156,22 +156,16 @@ pub fn operator_binary() -> PathBuf {
             return PathBuf::from(p);
         }
         let root = repo_root();
-        let target = root.join("target/e2e");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)
-            .args([
-                "build",
-                "-p",
-                "infermesh-operator",
-                "--bin",
-                "infermesh-operator",
-                "--target-dir",
-            ])
-            .arg(&target)
+            .args(["build", "-p", "infermesh-operator", "--bin", "infermesh-operator"])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building infermesh-operator failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
         target.join("debug/infermesh-operator")
     })
     .clone()
