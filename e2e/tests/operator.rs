@@ -348,6 +348,30 @@ fn deleting_one_of_two_modelservices_keeps_the_other_in_the_config() {
         "a Warning event says the variant has no endpoints"
     );
 
+    // A selector the API accepts but that cannot select pods is reported, not retried hot.
+    let mut bad = model_service("gamma", 100, 0);
+    bad["spec"]["variants"][0]["selector"] =
+        json!({"matchExpressions": [{"key": "version", "operator": "Near", "values": ["v1"]}]});
+    kubectl_ok(&["apply", "-n", n, "-f", "-"], Some(&bad.to_string()));
+    let reason = |ms: &Value| {
+        ms["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "EndpointsAvailable"))
+            .and_then(|c| c["reason"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    wait_for(Duration::from_secs(20), || {
+        let ms = get_json(n, &["msvc", "gamma"])?;
+        (reason(&ms) == "InvalidSelector").then_some(())
+    })
+    .unwrap_or_else(|| panic!("invalid selector not reported\noperator log:\n{}", op.log()));
+    let events = kubectl_ok(&["get", "events", "-n", n, "-o", "json"], None);
+    assert!(
+        events.contains("InvalidSelector"),
+        "a Warning event names the invalid selector"
+    );
+
     kubectl_ok(&["delete", "msvc", "alpha", "-n", n, "--timeout=30s"], None);
     let left = wait_for(Duration::from_secs(10), || {
         let cfg = mesh_config(n)?;
@@ -356,7 +380,7 @@ fn deleting_one_of_two_modelservices_keeps_the_other_in_the_config() {
             .iter()
             .map(|s| s["name"].clone())
             .collect();
-        (names == [json!("beta")]).then_some(())
+        (names == [json!("beta"), json!("gamma")]).then_some(())
     });
     assert!(
         left.is_some(),
