@@ -159,7 +159,13 @@ pub fn operator_binary() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "-p", "infermesh-operator", "--bin", "infermesh-operator"])
+            .args([
+                "build",
+                "-p",
+                "infermesh-operator",
+                "--bin",
+                "infermesh-operator",
+            ])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building infermesh-operator failed");
@@ -206,7 +212,7 @@ impl OperatorProcess {
             .arg("--admin-addr")
             .arg(format!("127.0.0.1:{admin_port}"))
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().expect("operator log file handle"))
             .stderr(log)
             .spawn()
             .expect("the operator binary starts");

@@ -188,18 +188,26 @@ fn modelservice_is_reconciled_over_two_deployments() {
         ms["metadata"]["finalizers"],
         json!(["infermesh.io/cleanup"])
     );
-    let cfg = wait_for(Duration::from_secs(5), || {
+    // Once every pod is Ready, the config lists their IPs and the status names that revision.
+    let (cfg, ms) = wait_for(Duration::from_secs(60), || {
         let cfg = mesh_config(n)?;
-        (config_addresses(&cfg, "llm", "stable") == ready_pod_addresses(n, "llm", "v1")
-            && config_addresses(&cfg, "llm", "canary") == ready_pod_addresses(n, "llm", "v2"))
-        .then_some(cfg)
+        let ms = get_json(n, &["msvc", "llm"])?;
+        let stable = ready_pod_addresses(n, "llm", "v1");
+        (stable.len() == 2
+            && config_addresses(&cfg, "llm", "stable") == stable
+            && config_addresses(&cfg, "llm", "canary") == ready_pod_addresses(n, "llm", "v2")
+            && cfg["revision"] == ms["status"]["revision"])
+        .then_some((cfg, ms))
     })
-    .unwrap_or_else(|| panic!("config does not list the pod IPs: {:?}", mesh_config(n)));
-    assert_eq!(config_addresses(&cfg, "llm", "stable").len(), 2);
-    assert_eq!(
-        cfg["revision"], ms["status"]["revision"],
-        "status names the published revision"
-    );
+    .unwrap_or_else(|| {
+        panic!(
+            "config does not list the pod IPs or its revision is not in the status: {:?}\nstatus: {:?}",
+            mesh_config(n),
+            get_json(n, &["msvc", "llm"]).map(|m| m["status"].clone())
+        )
+    });
+    assert_eq!(variant_ready(&ms, "stable"), 2);
+    assert_eq!(variant_ready(&ms, "canary"), 1);
     let svc_cfg = &cfg["services"][0];
     assert_eq!(svc_cfg["retries"]["attempts"], 3);
     assert_eq!(svc_cfg["timeouts"]["idleMs"], 30000);

@@ -49,7 +49,7 @@ impl Default for Metrics {
         );
         registry.register(
             "leader",
-            "1 while this replica holds the leader lease",
+            "Whether this replica holds the leader lease (1) or stands by (0)",
             leader.clone(),
         );
         Self {
