@@ -1,4 +1,15 @@
 //! infermesh sidecar-injection webhook: the injection decision ([`inject`]), the admission
-//! review handling around it, and the HTTPS server with its self-managed certificates.
+//! review handling around it ([`review`]), the HTTPS server ([`server`]) with its self-managed
+//! certificates ([`certs`], [`tls`]), the namespace cache ([`namespaces`]) and [`metrics`].
 
+pub mod certs;
+pub mod client;
 pub mod inject;
+pub mod metrics;
+pub mod namespaces;
+pub mod review;
+pub mod server;
+pub mod tls;
+
+#[cfg(test)]
+mod server_tests;
