@@ -164,9 +164,19 @@ pub fn decide(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Outcome {
             .get(STATUS_ANNOTATION)
             .cloned()
             .unwrap_or_else(|| "skipped: sidecar already present".into());
+        let mut patch = status_patch(pod, &status);
+        if status == "injected" {
+            // Reinvoked after another webhook added containers: give them the outbound env too.
+            let containers = pod
+                .spec
+                .as_ref()
+                .map(|s| s.containers.as_slice())
+                .unwrap_or_default();
+            patch.0.extend(outbound_env_ops(containers));
+        }
         return Outcome {
             decision: Decision::Skipped(SkipReason::AlreadyInjected),
-            patch: status_patch(pod, &status),
+            patch,
             status,
             warnings,
         };
@@ -275,10 +285,23 @@ pub fn decide(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Outcome {
         Some(_) => add(&["spec", "volumes", "-"], sidecar::tmp_volume()),
         None => add(&["spec", "volumes"], json!([sidecar::tmp_volume()])),
     });
+    ops.extend(outbound_env_ops(containers));
+    ops.extend(status_patch(pod, &status).0);
+    Outcome {
+        decision: Decision::Injected,
+        status,
+        patch: Patch(ops),
+        warnings,
+    }
+}
+
+/// Adds `INFERMESH_OUTBOUND` to every app container that does not set it already.
+fn outbound_env_ops(containers: &[k8s_openapi::api::core::v1::Container]) -> Vec<PatchOperation> {
     let outbound = json!({
         "name": OUTBOUND_ENV,
         "value": format!("http://127.0.0.1:{}", ports::OUTBOUND),
     });
+    let mut ops = vec![];
     for (i, c) in containers.iter().enumerate() {
         let idx = i.to_string();
         match c.env.as_ref() {
@@ -290,13 +313,7 @@ pub fn decide(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Outcome {
             None => ops.push(add(&["spec", "containers", &idx, "env"], json!([outbound]))),
         }
     }
-    ops.extend(status_patch(pod, &status).0);
-    Outcome {
-        decision: Decision::Injected,
-        status,
-        patch: Patch(ops),
-        warnings,
-    }
+    ops
 }
 
 /// True when any container of the pod is the infermesh sidecar.

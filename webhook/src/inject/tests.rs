@@ -273,6 +273,26 @@ fn cases() -> Vec<Case> {
             warnings: 0,
         },
         Case {
+            name: "reinvoked after another webhook added a container",
+            ns: enabled(),
+            pod: pod(json!({
+                "metadata": { "annotations": { "infermesh.io/injection-status": "injected" } },
+                "spec": {
+                    "initContainers": [{ "name": "infermesh-sidecar", "image": "s" }],
+                    "containers": [{ "name": "m", "image": "m", "env": [outbound()] }, { "name": "added", "image": "a" }],
+                },
+            })),
+            want: Want::Pod(pod(json!({
+                "metadata": { "annotations": { "infermesh.io/injection-status": "injected" } },
+                "spec": {
+                    "initContainers": [{ "name": "infermesh-sidecar", "image": "s" }],
+                    "containers": [{ "name": "m", "image": "m", "env": [outbound()] }, { "name": "added", "image": "a", "env": [outbound()] }],
+                },
+            }))),
+            decision: skipped(SkipReason::AlreadyInjected),
+            warnings: 0,
+        },
+        Case {
             name: "app container on a sidecar port",
             ns: enabled(),
             pod: pod(json!({ "spec": { "containers": [app("m", &[15020])] } })),
