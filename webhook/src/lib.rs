@@ -2,6 +2,7 @@
 //! review handling around it ([`review`]), the HTTPS server ([`server`]) with its self-managed
 //! certificates ([`certs`], [`tls`]), the namespace cache ([`namespaces`]) and [`metrics`].
 
+pub mod app;
 pub mod certs;
 pub mod client;
 pub mod inject;
