@@ -136,7 +136,8 @@ pub struct Args {
         default_value = "kube-system,infermesh-system"
     )]
     pub system_namespace: Vec<String>,
-    /// Watch only namespaces matching this label selector (others count as not enabled).
+    /// Watch only namespaces matching this label selector (the webhook configuration should
+    /// select the same ones: a namespace missing from the cache costs one GET per review).
     #[arg(long, env = "INFERMESH_WEBHOOK_NAMESPACE_SELECTOR")]
     pub namespace_selector: Option<String>,
     /// Mirror the namespace annotation infermesh.io/inject=enabled onto the label of the same name.
