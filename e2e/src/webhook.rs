@@ -179,6 +179,24 @@ impl LocalWebhook {
         }
     }
 
+    /// The caBundle of each webhook in the configuration.
+    pub async fn ca_bundles(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let cfg = api.get(&self.config_name).await?;
+        Ok(cfg
+            .webhooks
+            .iter()
+            .flatten()
+            .map(|w| {
+                w.client_config
+                    .ca_bundle
+                    .clone()
+                    .map(|b| b.0)
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
     /// Creates `webhook-e2e-<id>-<suffix>`, labelled for this run, annotated for injection when
     /// `annotated`; deleted by [`LocalWebhook::cleanup`].
     pub async fn namespace(&mut self, suffix: &str, annotated: bool) -> anyhow::Result<String> {

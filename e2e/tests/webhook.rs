@@ -197,6 +197,7 @@ async fn pod_creation_fails_closed_while_the_webhook_is_down() -> anyhow::Result
     // failurePolicy Fail applies through the label the webhook mirrors from the annotation.
     hook.wait_for_label(&on).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &on);
+    let bundles = hook.ca_bundles().await?;
 
     hook.stop().await?;
     let err = pods
@@ -231,5 +232,11 @@ async fn pod_creation_fails_closed_while_the_webhook_is_down() -> anyhow::Result
         }
     };
     assert_injected(&created);
+    // The restarted webhook took its CA from the Secret instead of minting a new one.
+    assert_eq!(
+        hook.ca_bundles().await?,
+        bundles,
+        "caBundle changed across a restart"
+    );
     hook.cleanup().await
 }
