@@ -187,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
     let wall = t0.elapsed();
     let (rss, hwm) = rss_kib(pid);
     all.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
     println!(
         "{}",
         json!({
