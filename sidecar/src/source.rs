@@ -38,6 +38,10 @@ pub fn load_file(path: &Path, store: &ConfigStore) -> bool {
         Ok(bytes) => store
             .apply_json(&bytes, &path.display().to_string())
             .is_ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "the mesh config file does not exist yet; waiting for it");
+            false
+        }
         Err(e) => {
             store.metrics.config_rejections.inc();
             tracing::error!(path = %path.display(), error = %e, "cannot read the mesh config file; check --config-file");
