@@ -10,6 +10,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // One TLS provider for the Kubernetes client, whatever else the build pulls in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let opts = Options::parse();
     let mut rt = if opts.workers == 1 {
         tokio::runtime::Builder::new_current_thread()

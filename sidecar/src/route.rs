@@ -243,3 +243,38 @@ mod tests {
         assert!(p.matches("/", &h));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Exact and prefix matching agree with their definitions for any bytes; regex matching
+        /// never panics whatever the pattern or value.
+        #[test]
+        fn route_matching_follows_its_definition(
+            want in proptest::collection::vec(any::<u8>(), 0..16),
+            value in proptest::collection::vec(32u8..127, 0..16),
+            pattern in ".{0,12}",
+            path in "/?[ -~]{0,16}",
+            prefix in "/?[ -~]{0,4}",
+        ) {
+            let name = HeaderName::from_static("x-match");
+            let mut h = HeaderMap::new();
+            h.insert(&name, HeaderValue::from_bytes(&value).unwrap());
+            let route = |m| Route { headers: vec![(name.clone(), m)], path_prefix: Some(prefix.clone()), variant: 0 };
+            let on_path = path.starts_with(prefix.as_str());
+            prop_assert_eq!(route(ValueMatch::Exact(want.clone())).matches(&path, &h), on_path && value == want);
+            prop_assert_eq!(route(ValueMatch::Prefix(want.clone())).matches(&path, &h), on_path && value.starts_with(&want));
+            if let Ok(re) = Regex::new(&format!("^(?:{pattern})$")) {
+                let _ = route(ValueMatch::Regex(re)).matches(&path, &h);
+            }
+            // A missing header never matches.
+            prop_assert!(!route(ValueMatch::Prefix(Vec::new())).matches(&path, &HeaderMap::new()));
+        }
+    }
+}
