@@ -545,3 +545,42 @@ async fn shutdown_drains_in_flight_requests() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_hang_up_before_the_response_head_drops_the_upstream_request() {
+    let b = backend("v1", Mode::Hang).await;
+    let s = sidecar(&config(json!({}), &[("s", 100, vec![b.addr])])).await;
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(s.sidecar.inbound)
+        .await
+        .unwrap();
+    conn.write_all(b"GET /v1/models HTTP/1.1\r\nHost: llm\r\n\r\n")
+        .await
+        .unwrap();
+    let in_flight = r#"infermesh_in_flight{service="llm",variant="s"} "#;
+    let t = Instant::now();
+    while !admin(&s.sidecar, "/metrics")
+        .await
+        .1
+        .contains(&format!("{in_flight}1"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(conn);
+    let t = Instant::now();
+    while !admin(&s.sidecar, "/metrics")
+        .await
+        .1
+        .contains(&format!("{in_flight}0"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the upstream request outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
