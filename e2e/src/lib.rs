@@ -1,11 +1,10 @@
 //! Helpers shared by the end-to-end tests, which run against the cluster named by `KUBECONFIG`.
-
-pub mod operator;
-pub mod webhook;
-
 //!
 //! Every test gets its own namespace (deleted when the guard drops) and skips with a printed
 //! message when `KUBECONFIG` is unset, so a plain `cargo test` on a laptop passes.
+
+pub mod operator;
+pub mod webhook;
 
 use std::time::Duration;
 
