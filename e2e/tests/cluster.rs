@@ -158,6 +158,7 @@ async fn deployment_is_reached_through_service_dns() -> anyhow::Result<()> {
         if phase == "Succeeded" {
             break;
         }
+        eprintln!("{name} did not reach {url} ({phase}): {}", out.trim());
         failures.push(format!("{name}: {phase}: {}", out.trim()));
         out.clear();
         tokio::time::sleep(Duration::from_secs(2)).await;
