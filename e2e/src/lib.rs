@@ -117,6 +117,24 @@ pub fn pod_ready(pod: &Pod) -> bool {
             .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
+/// The image of a container that cannot start because the image is absent and may not be
+/// pulled (`imagePullPolicy: Never`); waiting for such a pod is pointless.
+pub fn missing_image(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                == Some("ErrImageNeverPull")
+        })
+        .map(|c| c.image.clone())
+}
+
 /// Waits until `count` pods matching `selector` are Running and Ready; returns them.
 pub async fn wait_ready_pods(
     pods: &Api<Pod>,
@@ -126,6 +144,9 @@ pub async fn wait_ready_pods(
     let deadline = tokio::time::Instant::now() + POD_TIMEOUT;
     loop {
         let list = pods.list(&ListParams::default().labels(selector)).await?;
+        if let Some(missing) = list.items.iter().find_map(missing_image) {
+            bail!("image {missing} is not in the cluster: run `make images` (or kind load it)");
+        }
         let ready: Vec<Pod> = list.items.into_iter().filter(pod_ready).collect();
         if ready.len() >= count {
             return Ok(ready);
@@ -211,6 +232,26 @@ mod tests {
             "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]}
         }))
         .expect("valid pod")
+    }
+
+    #[test]
+    fn missing_image_is_reported_only_for_never_pull() {
+        let pod = |reason: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "status": {"containerStatuses": [{
+                    "name": "c", "image": "infermesh/examples:0.1.0", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": reason}}
+                }]}
+            }))
+            .expect("valid pod")
+        };
+        assert_eq!(
+            missing_image(&pod("ErrImageNeverPull")).as_deref(),
+            Some("infermesh/examples:0.1.0")
+        );
+        assert_eq!(missing_image(&pod("ContainerCreating")), None);
+        assert_eq!(missing_image(&Pod::default()), None);
     }
 
     #[test]

@@ -2,17 +2,49 @@
 //! with pod IPs, and a third pod reaches them through the Service's DNS name.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use infermesh_e2e::{
     TestNamespace, client_or_skip, delete_namespace, logs, wait_finished, wait_ready_pods,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
 
 const IMAGE: &str = "infermesh/examples:0.1.0";
+const CLIENT_ATTEMPTS: usize = 3;
+
+/// Waits until the Service's EndpointSlices list `count` ready endpoints.
+async fn wait_ready_endpoints(
+    slices: &Api<EndpointSlice>,
+    service: &str,
+    count: usize,
+) -> anyhow::Result<()> {
+    let selector = format!("kubernetes.io/service-name={service}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = slices
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        let ready = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .count();
+        if ready >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "service {service}: {ready} ready endpoints after 60s, {count} expected"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
 
 #[tokio::test]
 async fn node_is_ready() -> anyhow::Result<()> {
@@ -96,24 +128,46 @@ async fn deployment_is_reached_through_service_dns() -> anyhow::Result<()> {
         );
     }
 
+    // The Service answers once its endpoints are ready and kube-proxy has programmed them;
+    // until then a connection is refused. Wait for the endpoints, then give the proxy a few
+    // attempts (a fresh client pod each) to catch up.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns.name);
+    wait_ready_endpoints(&slices, "model", 2).await?;
     let url = format!("http://model.{}/", ns.name);
-    let client_pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "client"},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "client",
-                "image": IMAGE,
-                "imagePullPolicy": "Never",
-                "command": ["/usr/local/bin/infermesh-client", "get", url]
-            }]
+    let mut failures = Vec::new();
+    let mut out = String::new();
+    for attempt in 1..=CLIENT_ATTEMPTS {
+        let name = format!("client-{attempt}");
+        let client_pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{
+                    "name": "client",
+                    "image": IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/usr/local/bin/infermesh-client", "get", &url]
+                }]
+            }
+        }))?;
+        pods.create(&pp, &client_pod).await?;
+        let phase = wait_finished(&pods, &name).await?;
+        out = logs(&pods, &name).await?;
+        if phase == "Succeeded" {
+            break;
         }
-    }))?;
-    pods.create(&pp, &client_pod).await?;
-    let phase = wait_finished(&pods, "client").await?;
-    let out = logs(&pods, "client").await?;
-    assert_eq!(phase, "Succeeded", "client pod failed; its output:\n{out}");
+        eprintln!("{name} did not reach {url} ({phase}): {}", out.trim());
+        failures.push(format!("{name}: {phase}: {}", out.trim()));
+        out.clear();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(
+        !out.is_empty(),
+        "no client pod reached {url} in {CLIENT_ATTEMPTS} attempts:\n{}",
+        failures.join("\n")
+    );
     assert!(out.contains(" 200"), "no 200 status line in:\n{out}");
     assert!(out.contains("\"version\":\"v1\""), "no version in:\n{out}");
     assert!(

@@ -118,6 +118,7 @@ hostnameOverride: ${NODE_NAME}
 bindAddress: ${NODE_IP}
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: ["primary"]
 iptables:
   localhostNodePorts: false
 conntrack:

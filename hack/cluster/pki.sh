@@ -48,6 +48,7 @@ cert kubelet "system:node:${NODE_NAME}" system:nodes
 cert kubelet-serving "system:node:${NODE_NAME}" system:nodes "DNS:${NODE_NAME},IP:${NODE_IP}"
 cert kube-proxy system:kube-proxy
 cert coredns system:coredns
+cert front-proxy-client front-proxy-client
 
 if [[ ! -f sa.key ]]; then
   openssl genrsa -out sa.key 2048 2>/dev/null
