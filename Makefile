@@ -1,5 +1,78 @@
-.PHONY: test
-test:
-	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test --workspace
+# The project's verbs. `make test` is the one test command (CI runs exactly it); `make demo`
+# shows the system working. Both set up what they need themselves.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+KUBECONFIG_PATH := $(CURDIR)/build/cluster/kubeconfig
+export PATH := $(CURDIR)/build/bin:/usr/local/go/bin:$(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: help deps demo test unit lint e2e cluster-up cluster-down cluster-status kubeconfig \
+	manifests bench images verify-down
+
+help:
+	@echo "make demo          start the local cluster and show a pod running on it"
+	@echo "make test          everything CI runs: lint, unit tests, cluster, images, e2e, teardown check"
+	@echo "make e2e           e2e tests against the cluster in KUBECONFIG (default: the local one)"
+	@echo "make cluster-up    start the local Kubernetes cluster (prints the kubeconfig path)"
+	@echo "make cluster-down  stop it and remove everything it made"
+	@echo "make kubeconfig    print the kubeconfig path: export KUBECONFIG=\$$(make -s kubeconfig)"
+	@echo "make images        build the project's images and import them into the local cluster"
+	@echo "make manifests     regenerate deploy/crds from the Rust types"
+	@echo "make bench         run the benchmarks (hack/bench.sh)"
+
+deps:
+	@hack/install-deps.sh
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	env -u KUBECONFIG cargo test --workspace --locked
+
+cluster-up: deps
+	@hack/cluster/up
+
+cluster-down:
+	@hack/cluster/down
+
+cluster-status:
+	@hack/cluster/status
+
+kubeconfig:
+	@echo $(KUBECONFIG_PATH)
+
+images: deps
+	@hack/images.sh
+
+# e2e tests run one at a time: they share one small node.
+e2e:
+	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_PATH)} cargo test -p infermesh-e2e --locked -- --test-threads=1
+
+verify-down:
+	@hack/cluster/verify-down
+
+# The whole suite; the cluster is taken down at the end whether the tests passed or not, then
+# checked to have left nothing behind.
+test: deps lint unit
+	@rc=0; \
+	{ hack/cluster/up && hack/images.sh && KUBECONFIG=$(KUBECONFIG_PATH) $(MAKE) --no-print-directory e2e; } || rc=$$?; \
+	hack/cluster/down || rc=1; \
+	hack/cluster/verify-down || rc=1; \
+	if [[ $$rc -ne 0 ]]; then echo "make test: FAILED"; exit $$rc; fi; \
+	echo "make test: all passed"
+
+demo: deps
+	@hack/demo.sh
+
+manifests:
+	@if cargo metadata --no-deps --format-version 1 | grep -q '"name":"crdgen"'; then \
+		cargo run -q -p infermesh-crds --bin crdgen; \
+	else \
+		echo "manifests: the crds crate has no crdgen binary yet; nothing to do"; \
+	fi
+
+bench:
+	@if [[ -x hack/bench.sh ]]; then hack/bench.sh; \
+	else echo "bench: hack/bench.sh does not exist yet: no benchmarks to run" >&2; exit 1; fi

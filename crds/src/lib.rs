@@ -1,7 +1,12 @@
 //! The infermesh API: the `ModelService` custom resource (`infermesh.io/v1alpha1`) and the names
 //! every component agrees on. Pure types, no I/O.
 
+pub mod crd;
+pub mod duration;
 pub mod mesh;
+pub mod model_service;
+
+pub use model_service::{ModelService, ModelServiceSpec, ModelServiceStatus};
 
 /// API group of every infermesh resource.
 pub const GROUP: &str = "infermesh.io";
@@ -10,6 +15,13 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Annotation on a namespace (`enabled`) or pod (`enabled` / `disabled`) that drives injection.
 pub const INJECT_ANNOTATION: &str = "infermesh.io/inject";
+
+/// Name of the sidecar container the webhook injects; a pod that has it is "meshed".
+pub const SIDECAR_CONTAINER: &str = "infermesh-sidecar";
+
+/// Label users put on every pod of a ModelService (value: the ModelService's name); the Service
+/// that fronts the ModelService selects pods by it.
+pub const MODELSERVICE_LABEL: &str = "infermesh.io/modelservice";
 
 /// Sidecar ports, fixed across the mesh.
 pub mod ports {

@@ -1,0 +1,444 @@
+//! The `ModelService` custom resource: one served model, its variants and how traffic reaches them.
+//!
+//! Every field's doc comment becomes its `description` in the CRD, so `kubectl explain msvc.spec...`
+//! shows it. Validation lives in the schema (OpenAPI bounds and enums, plus CEL rules whose messages
+//! say what to fix), so `kubectl apply` refuses a bad object before any controller sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// Most variants a ModelService may have (keeps CEL rule cost bounded).
+pub const MAX_VARIANTS: usize = 16;
+/// Most routes a ModelService may have.
+pub const MAX_ROUTES: usize = 32;
+
+/// A served model: its variants (e.g. `stable` and `canary` deployments), how unrouted traffic is split
+/// between them, which requests go to a given variant, and the resilience policies the mesh sidecars
+/// apply (retries, timeouts, load balancing, concurrency limits). The operator publishes it to every
+/// sidecar of the namespace and fronts it with a Service of the same name (port 80).
+// Several printer columns share `type_ = "string"`, which clippy takes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "infermesh.io",
+    version = "v1alpha1",
+    kind = "ModelService",
+    namespaced,
+    shortname = "msvc",
+    category = "infermesh",
+    status = "ModelServiceStatus",
+    derive = "PartialEq",
+    doc = "A served model: variants, traffic split, routes and resilience policies enforced by the infermesh sidecars.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the mesh config is published and every weighted variant has ready endpoints"
+    ),
+    printcolumn(
+        name = "Variants",
+        type_ = "string",
+        json_path = ".status.variantWeights",
+        description = "Traffic split by variant, e.g. stable=90,canary=10"
+    ),
+    printcolumn(
+        name = "Endpoints",
+        type_ = "integer",
+        json_path = ".status.readyEndpoints",
+        description = "Ready endpoints over all variants"
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "string",
+        json_path = ".status.revision",
+        priority = 1,
+        description = "Revision of the mesh config that carries this ModelService"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("self.variants.map(v, v.weight).sum() == 100")
+        .message("variant weights must sum to 100 (spec.variants[*].weight)")
+        .field_path(".variants"),
+    validation = Rule::new("self.variants.all(v, self.variants.exists_one(w, w.name == v.name))")
+        .message("variant names must be unique (spec.variants[*].name)")
+        .field_path(".variants"),
+    validation = Rule::new("!has(self.routes) || self.routes.all(r, self.variants.exists(v, v.name == r.variant))")
+        .message("every route must name a variant listed in spec.variants (spec.routes[*].variant)")
+        .field_path(".routes"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelServiceSpec {
+    /// Port the model container listens on (1-65535). The sidecar delivers requests to
+    /// 127.0.0.1:<port> in the pod; pods without a sidecar are reached at <podIP>:<port>.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Application protocol spoken by the model container: HTTP (HTTP/1.1, default), HTTP2 or GRPC.
+    #[serde(default)]
+    pub protocol: Protocol,
+
+    /// The variants of the model (e.g. stable and canary). At least one, at most 16; names are
+    /// unique DNS labels and weights sum to 100.
+    #[schemars(length(min = 1, max = 16))]
+    pub variants: Vec<Variant>,
+
+    /// Routes checked in order before weights: the first route whose match holds sends the request
+    /// to its variant. At most 32.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub routes: Vec<Route>,
+
+    /// Sticky variant choice for A/B cohorts: callers sending the same value of this header get the
+    /// same variant (among the weighted choice), so a user stays on one side of an experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stickiness: Option<Stickiness>,
+
+    /// Retry policy applied by the sidecar that receives the request. Default: no retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+
+    /// Request timeouts. Default: none (long streams are allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+
+    /// How an endpoint is picked inside the chosen variant. Default: LeastRequest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing: Option<LoadBalancing>,
+
+    /// Per-endpoint concurrency limit and queue. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+}
+
+/// Application protocol of the model container.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum Protocol {
+    /// HTTP/1.1 (HTTP/2 with prior knowledge is also accepted by the sidecar).
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+    /// HTTP/2 with prior knowledge (h2c).
+    #[serde(rename = "HTTP2")]
+    Http2,
+    /// gRPC over HTTP/2.
+    #[serde(rename = "GRPC")]
+    Grpc,
+}
+
+/// One variant of the model: a set of pods chosen by a label selector, and its share of traffic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Variant {
+    /// Variant name, unique within the ModelService: a DNS label (lowercase letters, digits and '-',
+    /// starting and ending with a letter or digit, at most 63 characters).
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("variant name must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. stable, canary-2)"))]
+    pub name: String,
+
+    /// Label selector of the variant's pods in the ModelService's namespace. Must not be empty
+    /// (an empty selector would select every pod of the namespace).
+    #[x_kube(validation = Rule::new("(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)")
+        .message("variant selector must not be empty: give matchLabels or matchExpressions that pick this variant's pods"))]
+    pub selector: LabelSelector,
+
+    /// Share of unrouted traffic sent to this variant, 0-100. The weights of all variants sum to 100;
+    /// a variant with weight 0 only receives traffic through routes.
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: i32,
+}
+
+/// A route: requests matching `match` go to `variant`, before the weighted split.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Optional name, shown in sidecar metrics and logs. A DNS label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("route name must be a DNS label: lowercase letters, digits and '-'"))]
+    pub name: Option<String>,
+
+    /// What a request must look like to take this route. All given conditions must hold.
+    #[serde(rename = "match")]
+    pub match_: RouteMatch,
+
+    /// Name of the variant (from spec.variants) that takes matching requests.
+    #[schemars(length(min = 1, max = 63))]
+    pub variant: String,
+}
+
+/// Conditions of a route; all must hold (AND). At least one header match or a path prefix.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("(has(self.headers) && size(self.headers) > 0) || has(self.pathPrefix)")
+    .message("a route match needs at least one header match or a pathPrefix"))]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    /// Header conditions, all of which must hold. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HeaderMatch>,
+
+    /// Request path prefix, starting with '/', e.g. /v1/chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
+    pub path_prefix: Option<String>,
+}
+
+/// A condition on one request header: exactly one of `exact`, `prefix` or `regex`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.exact), has(self.prefix), has(self.regex)].filter(x, x).size() == 1")
+    .message("a header match needs exactly one of exact, prefix or regex"))]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderMatch {
+    /// Header name (case-insensitive), e.g. x-user-cohort.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub name: String,
+    /// The header value equals this string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub exact: Option<String>,
+    /// The header value starts with this string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub prefix: Option<String>,
+    /// The header value matches this regular expression (RE2 syntax, whole value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub regex: Option<String>,
+}
+
+/// Sticky cohorts: the value of `header` is hashed to a stable variant choice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stickiness {
+    /// Header whose value identifies a caller, e.g. x-user-id.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub header: String,
+}
+
+/// When a failed try is retried, how often, how fast and within which budget.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.retryOn) || !self.retryOn.exists(c, c == 'retriable-status-codes') || (has(self.retriableStatusCodes) && size(self.retriableStatusCodes) > 0)")
+    .message("retryOn lists retriable-status-codes: give the codes in retriableStatusCodes"))]
+#[serde(rename_all = "camelCase")]
+pub struct Retries {
+    /// Total tries including the first, 1-10 (1 disables retries).
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: i32,
+    /// Timeout of each try, e.g. 2s. Default: none (the request timeout still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// Failures that may be retried: connect-failure, reset, 5xx, gateway-error (502/503/504),
+    /// retriable-status-codes (the codes in retriableStatusCodes). Default: connect-failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub retry_on: Vec<RetryOn>,
+    /// HTTP status codes (100-599) retried when retryOn lists retriable-status-codes. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(range(min = 100, max = 599)))]
+    pub retriable_status_codes: Vec<i32>,
+    /// Exponential backoff between tries. Default: 25ms doubling up to 1s, 50% jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// Cap on retries relative to traffic, so retries cannot amplify an outage.
+    /// Default: 20% of requests plus 10 retries per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
+}
+
+/// A failure class that may be retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum RetryOn {
+    /// The connection to the endpoint could not be made.
+    #[serde(rename = "connect-failure")]
+    ConnectFailure,
+    /// The connection was reset before a response arrived.
+    #[serde(rename = "reset")]
+    Reset,
+    /// Any 5xx response.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503 or 504.
+    #[serde(rename = "gateway-error")]
+    GatewayError,
+    /// A status code listed in retriableStatusCodes.
+    #[serde(rename = "retriable-status-codes")]
+    RetriableStatusCodes,
+}
+
+/// Exponential backoff: the n-th retry waits min(base * 2^n, max), randomised by `jitter`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("duration(self.base) <= duration(self.max)")
+    .message("backoff base must not exceed backoff max"))]
+#[serde(rename_all = "camelCase")]
+pub struct Backoff {
+    /// First backoff, e.g. 25ms.
+    pub base: Duration,
+    /// Longest backoff, e.g. 1s.
+    pub max: Duration,
+    /// Fraction of each backoff that is random, 0.0-1.0. Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub jitter: Option<f64>,
+}
+
+/// Retry budget: retries may add at most `ratio` x requests plus `minPerSecond` per second.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Retries allowed per request, 0.0-1.0 (0.2 = 20%).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ratio: f64,
+    /// Retries always allowed per second, whatever the traffic, 0-10000.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10000))]
+    pub min_per_second: i32,
+}
+
+/// Timeouts. Durations are written like 500ms, 30s, 5m or 1h30m.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Whole request, from the first byte sent to the last byte received. Leave unset for long
+    /// streams and use `idle` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Duration>,
+    /// Longest silence between two chunks of a streamed response (e.g. tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Duration>,
+    /// Longest wait for the response head (time to first byte / first token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte: Option<Duration>,
+}
+
+/// Endpoint choice inside a variant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.policy != 'ConsistentHash' || has(self.hashOn)")
+    .message("hashOn (the header to hash) is required when policy is ConsistentHash"))]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancing {
+    /// LeastRequest (power of two choices over in-flight requests, default), PeakEwma (latency
+    /// weighted), RoundRobin, or ConsistentHash (on the `hashOn` header).
+    #[serde(default)]
+    pub policy: LoadBalancingPolicy,
+    /// Header hashed by ConsistentHash, e.g. x-session-id (keeps a session on one endpoint and its
+    /// KV cache warm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub hash_on: Option<String>,
+}
+
+/// Load-balancing policy.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum LoadBalancingPolicy {
+    /// Power of two choices over in-flight requests.
+    #[default]
+    LeastRequest,
+    /// Peak exponentially weighted moving average of latency, times in-flight requests.
+    PeakEwma,
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// Hash of the `hashOn` header picks the endpoint.
+    ConsistentHash,
+}
+
+/// Concurrency limit per endpoint: excess requests wait in a bounded queue, then are shed with
+/// 503 and Retry-After (never silently dropped).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// Requests in flight per endpoint, 1-100000. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_in_flight_per_endpoint: Option<i32>,
+    /// Requests allowed to wait for a free slot, 0-100000 (default 0: shed at once).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_queue: i32,
+    /// Longest wait in the queue before the request is shed, e.g. 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<Duration>,
+}
+
+/// What the operator observed and published for a ModelService.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelServiceStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, ConfigGenerated and EndpointsAvailable, following the Kubernetes condition convention.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Weight and ready endpoints of each variant.
+    #[serde(default)]
+    pub variants: Vec<VariantStatus>,
+    /// Traffic split as text, e.g. stable=90,canary=10 (the Variants column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_weights: Option<String>,
+    /// Ready endpoints over all variants (the Endpoints column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_endpoints: Option<i32>,
+    /// Revision of the namespace's mesh config that carries this ModelService.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// When that revision was published to the sidecars (written to the mesh ConfigMap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_published_at: Option<Time>,
+}
+
+/// Observed state of one variant.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantStatus {
+    /// Variant name.
+    pub name: String,
+    /// Weight in effect.
+    pub weight: i32,
+    /// Pods of the variant that are Ready and have an IP.
+    pub ready_endpoints: i32,
+}
+
+impl ModelServiceSpec {
+    /// `stable=90,canary=10`: the traffic split in spec order.
+    pub fn weights_summary(&self) -> String {
+        self.variants
+            .iter()
+            .map(|v| format!("{}={}", v.name, v.weight))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Variant name → weight, for quick lookups.
+    pub fn weights(&self) -> BTreeMap<&str, i32> {
+        self.variants
+            .iter()
+            .map(|v| (v.name.as_str(), v.weight))
+            .collect()
+    }
+}

@@ -1,0 +1,69 @@
+//! `infermesh-model-server` entry point: parse flags, listen, serve until SIGTERM or Ctrl-C.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use infermesh_model_server::{Args, Config, serve};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("infermesh-model-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let pod = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned());
+    let config = Config::from_args(&args, pod).context("invalid flags")?;
+    let addr = std::net::SocketAddr::new(args.address, args.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}: is the port free? choose another with --port")
+    })?;
+    let addr = listener.local_addr().unwrap_or(addr);
+    tracing::info!(
+        %addr,
+        version = %config.version,
+        model = %config.model,
+        pod = %config.pod,
+        "infermesh-model-server listening"
+    );
+    serve(listener, config, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on SIGTERM (how Kubernetes stops a container) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

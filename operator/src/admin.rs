@@ -1,0 +1,127 @@
+//! Admin HTTP server: `/healthz` (the process is working), `/readyz` (startup checks passed),
+//! `/metrics` (Prometheus text).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+
+use crate::metrics::Metrics;
+
+/// What the probes report, set by `main` as the operator starts, leads and stops.
+#[derive(Default)]
+pub struct Health {
+    /// The CRD is installed and the API answered.
+    pub started: AtomicBool,
+    /// This replica holds the lease and runs the controller.
+    pub leading: AtomicBool,
+    /// Set when the controller or the lease loop failed: the process should be restarted.
+    pub failed: AtomicBool,
+}
+
+#[derive(Clone)]
+struct AdminState {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(AdminState { health, metrics })
+}
+
+async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.health.failed.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "controller stopped\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let h = &s.health;
+    if h.failed.load(Ordering::Relaxed) || !h.started.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or stopped\n",
+        );
+    }
+    if h.leading.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready: leader\n")
+    } else {
+        (StatusCode::OK, "ready: standby\n")
+    }
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+/// Serves the admin router on `addr` until the process exits.
+pub async fn serve(addr: SocketAddr, router: Router) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "admin server listening");
+    axum::serve(listener, router).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let code = out[9..12].parse().unwrap();
+        (code, out)
+    }
+
+    #[tokio::test]
+    async fn probes_follow_health_and_metrics_are_served() {
+        let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(health.clone(), metrics.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        assert_eq!(get_text(addr, "/readyz").await.0, 503);
+        assert_eq!(get_text(addr, "/healthz").await.0, 200);
+        health.started.store(true, Ordering::Relaxed);
+        let (code, body) = get_text(addr, "/readyz").await;
+        assert_eq!(code, 200);
+        assert!(body.contains("standby"));
+        health.failed.store(true, Ordering::Relaxed);
+        assert_eq!(get_text(addr, "/healthz").await.0, 503);
+        let (code, body) = get_text(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(body.contains("infermesh_operator_reconciles_total"));
+        server.abort();
+    }
+}

@@ -1,0 +1,310 @@
+//! Mesh config generation: a ModelService spec plus its resolved endpoints becomes the
+//! [`ServiceConfig`] the sidecars enforce; all ModelServices of a namespace become one
+//! [`MeshConfig`] whose revision is a hash of its content.
+
+use infermesh_crds::{
+    ModelService,
+    duration::Duration,
+    mesh::{
+        self, ConcurrencyConfig, HeaderMatch, HeaderValueMatch, LoadBalancingConfig, MeshConfig,
+        RetryConfig, RouteConfig, ServiceConfig, TimeoutConfig, VariantConfig,
+    },
+    model_service::{self as api, ModelServiceSpec},
+};
+use kube::ResourceExt;
+
+use crate::endpoints::ResolvedVariant;
+
+/// The data-plane view of one ModelService. `resolved` comes from [`crate::endpoints::resolve`].
+pub fn service_config(ms: &ModelService, resolved: &[ResolvedVariant]) -> ServiceConfig {
+    let spec = &ms.spec;
+    ServiceConfig {
+        name: ms.name_any(),
+        namespace: ms.namespace().unwrap_or_default(),
+        port: u16::try_from(spec.port).unwrap_or(0),
+        protocol: protocol(spec.protocol),
+        variants: resolved
+            .iter()
+            .map(|v| VariantConfig {
+                name: v.name.clone(),
+                weight: u32::try_from(v.weight).unwrap_or(0),
+                endpoints: v.endpoints.clone(),
+            })
+            .collect(),
+        routes: spec.routes.iter().map(route).collect(),
+        sticky_header: spec.stickiness.as_ref().map(|s| s.header.clone()),
+        retries: retries(spec),
+        timeouts: spec
+            .timeouts
+            .as_ref()
+            .map(|t| TimeoutConfig {
+                request_ms: millis(t.request.as_ref()),
+                idle_ms: millis(t.idle.as_ref()),
+                first_byte_ms: millis(t.first_byte.as_ref()),
+            })
+            .unwrap_or_default(),
+        load_balancing: spec
+            .load_balancing
+            .as_ref()
+            .map(|lb| LoadBalancingConfig {
+                policy: match lb.policy {
+                    api::LoadBalancingPolicy::LeastRequest => {
+                        mesh::LoadBalancingPolicy::LeastRequest
+                    }
+                    api::LoadBalancingPolicy::PeakEwma => mesh::LoadBalancingPolicy::PeakEwma,
+                    api::LoadBalancingPolicy::RoundRobin => mesh::LoadBalancingPolicy::RoundRobin,
+                    api::LoadBalancingPolicy::ConsistentHash => {
+                        mesh::LoadBalancingPolicy::ConsistentHash
+                    }
+                },
+                hash_on: lb.hash_on.clone(),
+            })
+            .unwrap_or_default(),
+        concurrency: spec
+            .concurrency
+            .as_ref()
+            .map(|c| ConcurrencyConfig {
+                max_in_flight_per_endpoint: c
+                    .max_in_flight_per_endpoint
+                    .and_then(|n| u32::try_from(n).ok()),
+                max_queue: u32::try_from(c.max_queue).unwrap_or(0),
+                queue_timeout_ms: millis(c.queue_timeout.as_ref()),
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// One namespace's config: services sorted by name, revision = hash of their content.
+pub fn mesh_config(mut services: Vec<ServiceConfig>) -> MeshConfig {
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let revision = revision_of(&services);
+    MeshConfig { revision, services }
+}
+
+/// FNV-1a (64 bit) of the services' JSON, as 16 hex digits: stable across processes and releases.
+pub fn revision_of(services: &[ServiceConfig]) -> String {
+    let bytes = serde_json::to_vec(services).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn protocol(p: api::Protocol) -> mesh::Protocol {
+    match p {
+        api::Protocol::Http => mesh::Protocol::Http,
+        api::Protocol::Http2 => mesh::Protocol::Http2,
+        api::Protocol::Grpc => mesh::Protocol::Grpc,
+    }
+}
+
+fn millis(d: Option<&Duration>) -> Option<u64> {
+    d.and_then(Duration::parse)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn route(r: &api::Route) -> RouteConfig {
+    RouteConfig {
+        name: r.name.clone(),
+        headers: r
+            .match_
+            .headers
+            .iter()
+            .map(|h| HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                // The CRD guarantees exactly one is set; an empty prefix means "header present".
+                value: if let Some(v) = &h.exact {
+                    HeaderValueMatch::Exact(v.clone())
+                } else if let Some(v) = &h.prefix {
+                    HeaderValueMatch::Prefix(v.clone())
+                } else if let Some(v) = &h.regex {
+                    HeaderValueMatch::Regex(v.clone())
+                } else {
+                    HeaderValueMatch::Prefix(String::new())
+                },
+            })
+            .collect(),
+        path_prefix: r.match_.path_prefix.clone(),
+        variant: r.variant.clone(),
+    }
+}
+
+fn retries(spec: &ModelServiceSpec) -> RetryConfig {
+    let mut cfg = RetryConfig::default();
+    let Some(r) = &spec.retries else {
+        return cfg;
+    };
+    cfg.attempts = u32::try_from(r.attempts).unwrap_or(1).max(1);
+    cfg.per_try_timeout_ms = millis(r.per_try_timeout.as_ref());
+    if !r.retry_on.is_empty() {
+        cfg.retry_on = r
+            .retry_on
+            .iter()
+            .map(|c| match c {
+                api::RetryOn::ConnectFailure => mesh::RetryOn::ConnectFailure,
+                api::RetryOn::Reset => mesh::RetryOn::Reset,
+                api::RetryOn::ServerError => mesh::RetryOn::ServerError,
+                api::RetryOn::GatewayError => mesh::RetryOn::GatewayError,
+                api::RetryOn::RetriableStatusCodes => mesh::RetryOn::RetriableStatusCodes,
+            })
+            .collect();
+    }
+    cfg.retriable_status_codes = r
+        .retriable_status_codes
+        .iter()
+        .filter_map(|c| u16::try_from(*c).ok())
+        .collect();
+    if let Some(b) = &r.backoff {
+        if let Some(base) = millis(Some(&b.base)) {
+            cfg.backoff_base_ms = base;
+        }
+        if let Some(max) = millis(Some(&b.max)) {
+            cfg.backoff_max_ms = max;
+        }
+        if let Some(j) = b.jitter {
+            cfg.backoff_jitter = j.clamp(0.0, 1.0);
+        }
+    }
+    if let Some(b) = &r.budget {
+        cfg.budget_ratio = b.ratio.clamp(0.0, 1.0);
+        cfg.budget_min_per_second = u32::try_from(b.min_per_second).unwrap_or(0);
+    }
+    cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::resolve;
+    use crate::fixtures::{model_service, pod, spec_with};
+    use infermesh_crds::model_service::{
+        Backoff, HeaderMatch as ApiHeaderMatch, LoadBalancing, LoadBalancingPolicy, Retries,
+        RetryBudget, RetryOn, Route, RouteMatch, Timeouts,
+    };
+
+    fn full_spec() -> ModelServiceSpec {
+        let mut spec = spec_with(&[("stable", 90, "v1"), ("canary", 10, "v2")]);
+        spec.routes = vec![Route {
+            name: Some("beta".into()),
+            match_: RouteMatch {
+                headers: vec![ApiHeaderMatch {
+                    name: "X-Cohort".into(),
+                    exact: Some("beta".into()),
+                    prefix: None,
+                    regex: None,
+                }],
+                path_prefix: Some("/v1".into()),
+            },
+            variant: "canary".into(),
+        }];
+        spec.retries = Some(Retries {
+            attempts: 3,
+            per_try_timeout: Some("2s".into()),
+            retry_on: vec![RetryOn::GatewayError, RetryOn::RetriableStatusCodes],
+            retriable_status_codes: vec![429],
+            backoff: Some(Backoff {
+                base: "50ms".into(),
+                max: "2s".into(),
+                jitter: Some(0.25),
+            }),
+            budget: Some(RetryBudget {
+                ratio: 0.1,
+                min_per_second: 5,
+            }),
+        });
+        spec.timeouts = Some(Timeouts {
+            request: Some("1m".into()),
+            idle: Some("30s".into()),
+            first_byte: Some("1500ms".into()),
+        });
+        spec.load_balancing = Some(LoadBalancing {
+            policy: LoadBalancingPolicy::ConsistentHash,
+            hash_on: Some("x-session".into()),
+        });
+        spec
+    }
+
+    #[test]
+    fn spec_and_endpoints_become_the_service_config() {
+        let ms = model_service("llm", "ns", full_spec());
+        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, true)];
+        let cfg = service_config(&ms, &resolve(&ms.spec, "ns", &pods));
+        assert_eq!(
+            (cfg.name.as_str(), cfg.namespace.as_str(), cfg.port),
+            ("llm", "ns", 8080)
+        );
+        assert_eq!(cfg.variants[0].weight, 90);
+        assert_eq!(cfg.variants[0].endpoints[0].address, "198.18.64.5:15006");
+        assert!(cfg.variants[1].endpoints.is_empty());
+        let route = &cfg.routes[0];
+        assert_eq!(route.headers[0].name, "x-cohort");
+        assert_eq!(
+            route.headers[0].value,
+            HeaderValueMatch::Exact("beta".into())
+        );
+        assert_eq!(route.path_prefix.as_deref(), Some("/v1"));
+        assert_eq!(cfg.retries.attempts, 3);
+        assert_eq!(cfg.retries.per_try_timeout_ms, Some(2000));
+        assert_eq!(
+            cfg.retries.retry_on,
+            [
+                mesh::RetryOn::GatewayError,
+                mesh::RetryOn::RetriableStatusCodes
+            ]
+        );
+        assert_eq!(cfg.retries.retriable_status_codes, [429]);
+        assert_eq!(
+            (cfg.retries.backoff_base_ms, cfg.retries.backoff_max_ms),
+            (50, 2000)
+        );
+        assert_eq!(cfg.retries.budget_min_per_second, 5);
+        assert_eq!(cfg.timeouts.request_ms, Some(60_000));
+        assert_eq!(cfg.timeouts.first_byte_ms, Some(1500));
+        assert_eq!(
+            cfg.load_balancing.policy,
+            mesh::LoadBalancingPolicy::ConsistentHash
+        );
+        assert_eq!(cfg.load_balancing.hash_on.as_deref(), Some("x-session"));
+    }
+
+    #[test]
+    fn unset_policies_take_the_mesh_defaults() {
+        let ms = model_service("llm", "ns", spec_with(&[("stable", 100, "v1")]));
+        let cfg = service_config(&ms, &resolve(&ms.spec, "ns", &[]));
+        assert_eq!(cfg.retries, RetryConfig::default());
+        assert_eq!(cfg.timeouts, TimeoutConfig::default());
+        assert_eq!(cfg.concurrency, ConcurrencyConfig::default());
+    }
+
+    #[test]
+    fn mesh_config_is_sorted_and_its_revision_follows_content() {
+        let a = model_service("a", "ns", spec_with(&[("stable", 100, "v1")]));
+        let b = model_service("b", "ns", spec_with(&[("stable", 100, "v1")]));
+        let sa = service_config(&a, &resolve(&a.spec, "ns", &[]));
+        let sb = service_config(&b, &resolve(&b.spec, "ns", &[]));
+        let one = mesh_config(vec![sb.clone(), sa.clone()]);
+        let two = mesh_config(vec![sa.clone(), sb.clone()]);
+        assert_eq!(one.services[0].name, "a");
+        assert_eq!(one, two, "order of input must not matter");
+        assert_eq!(one.revision.len(), 16);
+
+        let pods = [pod("p", "ns", "v1", Some("198.18.64.5"), true, false)];
+        let sa2 = service_config(&a, &resolve(&a.spec, "ns", &pods));
+        let three = mesh_config(vec![sa2, sb]);
+        assert_ne!(
+            three.revision, one.revision,
+            "a new endpoint is a new revision"
+        );
+    }
+
+    #[test]
+    fn config_round_trips_through_the_sidecar_contract() {
+        let ms = model_service("llm", "ns", full_spec());
+        let cfg = mesh_config(vec![service_config(&ms, &resolve(&ms.spec, "ns", &[]))]);
+        let json = serde_json::to_string(&cfg).unwrap();
+        let back: MeshConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cfg);
+    }
+}

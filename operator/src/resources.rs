@@ -1,0 +1,229 @@
+//! The objects the operator owns, built as plain values for server-side apply: the mesh config
+//! ConfigMap and its reader Role/RoleBinding (one each per namespace), and the Service fronting each
+//! ModelService.
+
+use std::collections::BTreeMap;
+
+use infermesh_crds::{
+    MODELSERVICE_LABEL, ModelService,
+    mesh::{CONFIG_MAP_KEY, CONFIG_MAP_NAME, MeshConfig},
+    model_service::Protocol,
+    ports,
+};
+use k8s_openapi::{
+    api::{
+        core::v1::{ConfigMap, Service, ServicePort, ServiceSpec},
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use kube::{Resource, ResourceExt};
+
+/// Field manager (and `app.kubernetes.io/managed-by` value) of everything the operator writes.
+pub const MANAGER: &str = "infermesh-operator";
+/// Role and RoleBinding letting a namespace's service accounts read only the mesh config.
+pub const READER_ROLE: &str = "infermesh-mesh-config-reader";
+/// Port of the Service fronting a ModelService.
+pub const SERVICE_PORT: i32 = 80;
+
+fn labels(extra: Option<(&str, String)>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([(
+        "app.kubernetes.io/managed-by".to_string(),
+        MANAGER.to_string(),
+    )]);
+    if let Some((k, v)) = extra {
+        l.insert(k.to_string(), v);
+    }
+    l
+}
+
+/// Non-controller owner references to every ModelService sharing a namespace-wide object, so the
+/// garbage collector removes it with the last of them.
+fn shared_owners(
+    owners: &[&ModelService],
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    let mut refs: Vec<_> = owners.iter().filter_map(|ms| ms.owner_ref(&())).collect();
+    refs.sort_by(|a, b| a.name.cmp(&b.name));
+    refs
+}
+
+/// The namespace's mesh config ConfigMap holding `config` as JSON.
+pub fn mesh_config_map(
+    namespace: &str,
+    config: &MeshConfig,
+    owners: &[&ModelService],
+) -> Result<ConfigMap, serde_json::Error> {
+    // Compact: a namespace with hundreds of ModelServices must stay under the 1 MiB object limit.
+    let json = serde_json::to_string(config)?;
+    Ok(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(CONFIG_MAP_NAME.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(None)),
+            annotations: Some(BTreeMap::from([(
+                "infermesh.io/revision".to_string(),
+                config.revision.clone(),
+            )])),
+            owner_references: Some(shared_owners(owners)),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(CONFIG_MAP_KEY.to_string(), json)])),
+        ..Default::default()
+    })
+}
+
+/// Role granting get/list/watch on the mesh config ConfigMap only (by resourceNames).
+pub fn reader_role(namespace: &str, owners: &[&ModelService]) -> Role {
+    Role {
+        metadata: ObjectMeta {
+            name: Some(READER_ROLE.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(None)),
+            owner_references: Some(shared_owners(owners)),
+            ..Default::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![CONFIG_MAP_NAME.into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..Default::default()
+        }]),
+    }
+}
+
+/// Binds [`reader_role`] to every service account of the namespace.
+pub fn reader_role_binding(namespace: &str, owners: &[&ModelService]) -> RoleBinding {
+    RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(READER_ROLE.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(None)),
+            owner_references: Some(shared_owners(owners)),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: READER_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Group".into(),
+            name: format!("system:serviceaccounts:{namespace}"),
+            namespace: None,
+        }]),
+    }
+}
+
+/// The Service fronting `ms`: same name, port 80 → the sidecars' inbound port, selecting the pods
+/// labelled `infermesh.io/modelservice=<name>`.
+pub fn front_service(ms: &ModelService) -> Service {
+    let name = ms.name_any();
+    let app_protocol = match ms.spec.protocol {
+        Protocol::Http => None,
+        Protocol::Http2 | Protocol::Grpc => Some("kubernetes.io/h2c".to_string()),
+    };
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: ms.namespace(),
+            labels: Some(labels(Some((MODELSERVICE_LABEL, name.clone())))),
+            owner_references: ms.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(MODELSERVICE_LABEL.to_string(), name)])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::Int(i32::from(ports::INBOUND))),
+                protocol: Some("TCP".into()),
+                app_protocol,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service is controlled by this ModelService (so cleanup may delete it).
+pub fn is_controlled_by(svc: &Service, ms: &ModelService) -> bool {
+    let uid = ms.uid();
+    svc.owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{model_service, spec_with};
+
+    #[test]
+    fn service_targets_the_sidecar_and_is_owned() {
+        let ms = model_service("llm", "ns", spec_with(&[("stable", 100, "v1")]));
+        let svc = front_service(&ms);
+        let spec = svc.spec.as_ref().unwrap();
+        let port = &spec.ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 80);
+        assert_eq!(port.target_port, Some(IntOrString::Int(15006)));
+        assert_eq!(
+            spec.selector
+                .as_ref()
+                .unwrap()
+                .get(MODELSERVICE_LABEL)
+                .map(String::as_str),
+            Some("llm")
+        );
+        assert!(is_controlled_by(&svc, &ms));
+        let other = model_service("other", "ns", spec_with(&[("stable", 100, "v1")]));
+        assert!(!is_controlled_by(&svc, &other));
+    }
+
+    #[test]
+    fn reader_role_names_only_the_mesh_config() {
+        let ms = model_service("llm", "ns", spec_with(&[("stable", 100, "v1")]));
+        let role = reader_role("ns", &[&ms]);
+        let rule = &role.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.resources.as_deref(),
+            Some(&["configmaps".to_string()][..])
+        );
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&[CONFIG_MAP_NAME.to_string()][..])
+        );
+        assert_eq!(rule.verbs, ["get", "list", "watch"]);
+        let rb = reader_role_binding("ns", &[&ms]);
+        assert_eq!(
+            rb.subjects.as_ref().unwrap()[0].name,
+            "system:serviceaccounts:ns"
+        );
+    }
+
+    #[test]
+    fn config_map_carries_json_revision_and_every_owner() {
+        let a = model_service("a", "ns", spec_with(&[("stable", 100, "v1")]));
+        let b = model_service("b", "ns", spec_with(&[("stable", 100, "v1")]));
+        let cfg = MeshConfig {
+            revision: "0123".into(),
+            services: vec![],
+        };
+        let cm = mesh_config_map("ns", &cfg, &[&b, &a]).unwrap();
+        let json = &cm.data.as_ref().unwrap()[CONFIG_MAP_KEY];
+        assert_eq!(serde_json::from_str::<MeshConfig>(json).unwrap(), cfg);
+        let owners: Vec<_> = cm
+            .owner_references()
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect();
+        assert_eq!(owners, ["a", "b"]);
+        assert!(
+            cm.owner_references()
+                .iter()
+                .all(|o| o.controller != Some(true))
+        );
+    }
+}

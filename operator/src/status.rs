@@ -1,0 +1,331 @@
+//! Status computation: from what a reconcile observed, the ModelService's status (conditions
+//! Ready / ConfigGenerated / EndpointsAvailable, per-variant weights and endpoints, revision) and
+//! the events worth telling a person (only on transitions).
+
+use infermesh_crds::{ModelServiceSpec, ModelServiceStatus, model_service::VariantStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::endpoints::ResolvedVariant;
+
+pub const READY: &str = "Ready";
+pub const CONFIG_GENERATED: &str = "ConfigGenerated";
+pub const ENDPOINTS_AVAILABLE: &str = "EndpointsAvailable";
+
+/// What one reconcile saw and did.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    pub generation: Option<i64>,
+    pub resolved: &'a [ResolvedVariant],
+    /// Revision of the namespace's mesh config carrying this ModelService's current entry.
+    pub revision: String,
+    /// When that entry was last changed in the published config.
+    pub published_at: Time,
+}
+
+/// A Kubernetes Event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// Variants that can receive traffic: a positive weight, or named by a route.
+fn serving(spec: &ModelServiceSpec, name: &str, weight: i32) -> bool {
+    weight > 0 || spec.routes.iter().any(|r| r.variant == name)
+}
+
+/// The new status. Conditions keep their `lastTransitionTime` while their status is unchanged.
+pub fn compute_status(
+    spec: &ModelServiceSpec,
+    prev: Option<&ModelServiceStatus>,
+    obs: &Observation<'_>,
+    now: &Time,
+) -> ModelServiceStatus {
+    let total: usize = obs.resolved.iter().map(|v| v.endpoints.len()).sum();
+    let invalid: Vec<&str> = obs
+        .resolved
+        .iter()
+        .filter_map(|v| v.selector_error.as_deref())
+        .collect();
+    let empty: Vec<&str> = obs
+        .resolved
+        .iter()
+        .filter(|v| v.selector_error.is_none())
+        .filter(|v| serving(spec, &v.name, v.weight) && v.endpoints.is_empty())
+        .map(|v| v.name.as_str())
+        .collect();
+
+    let config = (
+        "True",
+        "Published",
+        format!(
+            "mesh config revision {} carries this ModelService (ConfigMap {})",
+            obs.revision,
+            infermesh_crds::mesh::CONFIG_MAP_NAME
+        ),
+    );
+    let endpoints = if !invalid.is_empty() {
+        ("False", "InvalidSelector", invalid.join("; "))
+    } else if !empty.is_empty() {
+        (
+            "False",
+            "NoReadyEndpoints",
+            format!(
+                "no Ready pod with an IP matches the selector of variant(s) {}; check the pods' labels and readiness",
+                empty.join(", ")
+            ),
+        )
+    } else {
+        (
+            "True",
+            "EndpointsReady",
+            format!(
+                "{total} ready endpoint(s) across {} variant(s)",
+                obs.resolved.len()
+            ),
+        )
+    };
+    let ready = if endpoints.0 == "True" {
+        (
+            "True",
+            "Ready",
+            format!(
+                "serving {} via revision {}",
+                spec.weights_summary(),
+                obs.revision
+            ),
+        )
+    } else {
+        ("False", endpoints.1, endpoints.2.clone())
+    };
+
+    let prev_conditions = prev.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+    let cond = |type_: &str, (status, reason, message): (&str, &str, String)| {
+        let last = prev_conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            observed_generation: obs.generation,
+            last_transition_time: last.unwrap_or_else(|| now.clone()),
+        }
+    };
+
+    ModelServiceStatus {
+        observed_generation: obs.generation,
+        conditions: vec![
+            cond(READY, ready),
+            cond(CONFIG_GENERATED, config),
+            cond(ENDPOINTS_AVAILABLE, endpoints),
+        ],
+        variants: obs
+            .resolved
+            .iter()
+            .map(|v| VariantStatus {
+                name: v.name.clone(),
+                weight: v.weight,
+                ready_endpoints: i32::try_from(v.endpoints.len()).unwrap_or(i32::MAX),
+            })
+            .collect(),
+        variant_weights: Some(spec.weights_summary()),
+        ready_endpoints: Some(i32::try_from(total).unwrap_or(i32::MAX)),
+        revision: Some(obs.revision.clone()),
+        config_published_at: Some(obs.published_at.clone()),
+    }
+}
+
+/// Events for what changed between `prev` and `next`; nothing when nothing a person cares about did.
+pub fn notices(
+    spec: &ModelServiceSpec,
+    prev: Option<&ModelServiceStatus>,
+    next: &ModelServiceStatus,
+    resolved: &[ResolvedVariant],
+) -> Vec<Notice> {
+    let mut out = vec![];
+    if prev.and_then(|p| p.revision.as_ref()) != next.revision.as_ref() {
+        out.push(Notice {
+            warning: false,
+            reason: "ConfigRegenerated",
+            note: format!(
+                "mesh config revision {} published: {}, {} ready endpoint(s)",
+                next.revision.as_deref().unwrap_or(""),
+                spec.weights_summary(),
+                next.ready_endpoints.unwrap_or(0)
+            ),
+        });
+    }
+    let prev_endpoints = |name: &str| {
+        prev.and_then(|p| p.variants.iter().find(|v| v.name == name))
+            .map(|v| v.ready_endpoints)
+    };
+    let prev_invalid = prev
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == ENDPOINTS_AVAILABLE))
+        .is_some_and(|c| c.reason == "InvalidSelector");
+    for v in resolved {
+        if let Some(err) = &v.selector_error {
+            if !prev_invalid {
+                out.push(Notice {
+                    warning: true,
+                    reason: "InvalidSelector",
+                    note: err.clone(),
+                });
+            }
+            continue;
+        }
+        let was = prev_endpoints(&v.name);
+        if serving(spec, &v.name, v.weight) && v.endpoints.is_empty() && was != Some(0) {
+            out.push(Notice {
+                warning: true,
+                reason: "NoEndpoints",
+                note: format!(
+                    "variant {} (weight {}) has no ready endpoints: no Ready pod with an IP matches its selector",
+                    v.name, v.weight
+                ),
+            });
+        }
+    }
+    let was_ready = prev
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == READY))
+        .is_some_and(|c| c.status == "True");
+    let is_ready = next
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True");
+    if is_ready && !was_ready {
+        out.push(Notice {
+            warning: false,
+            reason: "Ready",
+            note: format!(
+                "every variant has ready endpoints ({})",
+                spec.weights_summary()
+            ),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::resolve;
+    use crate::fixtures::{pod, spec_with};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn observe<'a>(resolved: &'a [ResolvedVariant], rev: &str) -> Observation<'a> {
+        Observation {
+            generation: Some(3),
+            resolved,
+            revision: rev.into(),
+            published_at: t(100),
+        }
+    }
+
+    fn cond<'a>(s: &'a ModelServiceStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn all_variants_with_endpoints_is_ready() {
+        let spec = spec_with(&[("stable", 90, "v1"), ("canary", 10, "v2")]);
+        let pods = [
+            pod("a", "ns", "v1", Some("198.18.64.5"), true, false),
+            pod("b", "ns", "v1", Some("198.18.64.6"), true, false),
+            pod("c", "ns", "v2", Some("198.18.64.7"), true, false),
+        ];
+        let r = resolve(&spec, "ns", &pods);
+        let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, CONFIG_GENERATED).status, "True");
+        assert_eq!(cond(&s, ENDPOINTS_AVAILABLE).reason, "EndpointsReady");
+        assert_eq!(cond(&s, READY).observed_generation, Some(3));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.variant_weights.as_deref(), Some("stable=90,canary=10"));
+        assert_eq!(s.ready_endpoints, Some(3));
+        assert_eq!(s.variants[0].ready_endpoints, 2);
+        assert_eq!(s.variants[1].weight, 10);
+        assert_eq!(s.revision.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_weighted_variant_without_endpoints_is_not_ready_and_says_which() {
+        let spec = spec_with(&[("stable", 90, "v1"), ("canary", 10, "v2")]);
+        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+        let r = resolve(&spec, "ns", &pods);
+        let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "NoReadyEndpoints")
+        );
+        assert!(ready.message.contains("canary"), "{}", ready.message);
+        assert_eq!(cond(&s, CONFIG_GENERATED).status, "True");
+    }
+
+    #[test]
+    fn a_zero_weight_unrouted_variant_does_not_block_ready() {
+        let spec = spec_with(&[("stable", 100, "v1"), ("shadow", 0, "v2")]);
+        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+        let r = resolve(&spec, "ns", &pods);
+        let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+        assert_eq!(cond(&s, READY).status, "True");
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_is_unchanged() {
+        let spec = spec_with(&[("stable", 100, "v1")]);
+        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+        let r = resolve(&spec, "ns", &pods);
+        let first = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+        let again = compute_status(&spec, Some(&first), &observe(&r, "abc"), &t(300));
+        assert_eq!(first, again, "an unchanged world gives an identical status");
+
+        let none = resolve(&spec, "ns", &[]);
+        let down = compute_status(&spec, Some(&first), &observe(&none, "def"), &t(400));
+        assert_eq!(cond(&down, READY).last_transition_time, t(400));
+        assert_eq!(cond(&down, CONFIG_GENERATED).last_transition_time, t(200));
+    }
+
+    #[test]
+    fn invalid_selector_is_reported() {
+        let mut spec = spec_with(&[("stable", 100, "v1")]);
+        spec.variants[0].selector = Default::default();
+        let r = resolve(&spec, "ns", &[]);
+        let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+        assert_eq!(cond(&s, ENDPOINTS_AVAILABLE).reason, "InvalidSelector");
+        let n = notices(&spec, None, &s, &r);
+        assert!(n.iter().any(|n| n.reason == "InvalidSelector" && n.warning));
+        assert!(notices(&spec, Some(&s), &s, &r).is_empty(), "no repeat");
+    }
+
+    #[test]
+    fn events_fire_on_transitions_only() {
+        let spec = spec_with(&[("stable", 100, "v1")]);
+        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+        let up = resolve(&spec, "ns", &pods);
+        let s1 = compute_status(&spec, None, &observe(&up, "r1"), &t(1));
+        let reasons = |n: Vec<Notice>| n.into_iter().map(|n| n.reason).collect::<Vec<_>>();
+        assert_eq!(
+            reasons(notices(&spec, None, &s1, &up)),
+            ["ConfigRegenerated", "Ready"]
+        );
+        assert!(notices(&spec, Some(&s1), &s1, &up).is_empty());
+
+        let down = resolve(&spec, "ns", &[]);
+        let s2 = compute_status(&spec, Some(&s1), &observe(&down, "r2"), &t(2));
+        assert_eq!(
+            reasons(notices(&spec, Some(&s1), &s2, &down)),
+            ["ConfigRegenerated", "NoEndpoints"]
+        );
+        let s3 = compute_status(&spec, Some(&s2), &observe(&down, "r2"), &t(3));
+        assert!(notices(&spec, Some(&s2), &s3, &down).is_empty());
+    }
+}

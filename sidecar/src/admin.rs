@@ -1,0 +1,89 @@
+//! The admin port (15020): `/live` (always 200 while the process serves), `/ready` (503 until a
+//! config is loaded and the listeners are up, and again while draining), `/metrics` (Prometheus
+//! text) and `/config` (the config in force, with its revision, as JSON).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::store::ConfigStore;
+
+pub struct Admin {
+    pub store: Arc<ConfigStore>,
+    pub listeners_up: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+impl Admin {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"));
+        }
+        Ok(match req.uri().path() {
+            "/live" => text(StatusCode::OK, "live\n"),
+            "/ready" => {
+                if self.draining.load(Ordering::Acquire) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
+                } else if !self.store.is_loaded() {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: no mesh config loaded yet\n",
+                    )
+                } else if !self.listeners_up.load(Ordering::Acquire) {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: listeners not up\n",
+                    )
+                } else {
+                    text(StatusCode::OK, "ready\n")
+                }
+            }
+            "/metrics" => {
+                let mut r = text(StatusCode::OK, self.store.metrics.encode());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            "/config" => {
+                let t = self.store.current();
+                let body = serde_json::json!({
+                    "revision": t.revision,
+                    "loaded": self.store.is_loaded(),
+                    "config": t.config,
+                });
+                let mut r = text(StatusCode::OK, body.to_string());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "unknown path: try /ready, /live, /metrics, /config\n",
+            ),
+        })
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,110 @@
+//! Balancer tests over compiled tables.
+
+use super::*;
+use crate::compile::{CompileContext, compile};
+use crate::endpoint::EwmaPolicy;
+use crate::metrics::Metrics;
+use crate::table::RoutingTable;
+use std::time::Duration;
+
+fn service(policy: &str, n: usize) -> std::sync::Arc<Service> {
+    let eps: Vec<_> = (0..n)
+        .map(|i| serde_json::json!({"address": format!("127.0.0.1:{}", 9000 + i)}))
+        .collect();
+    let doc = serde_json::json!({"services": [{"name": "llm", "port": 8000,
+        "variants": [{"name": "v", "weight": 1, "endpoints": eps}],
+        "loadBalancing": {"policy": policy, "hashOn": "x-user"}}]});
+    let m = Metrics::new();
+    let cx = CompileContext {
+        metrics: &m,
+        pod_ip: None,
+        ewma: EwmaPolicy::default(),
+        now: Instant::now(),
+    };
+    let t = compile(
+        serde_json::from_value(doc).unwrap(),
+        &RoutingTable::empty(),
+        &cx,
+    )
+    .unwrap();
+    t.services[0].clone()
+}
+
+fn pick(s: &Service, h: &HeaderMap, tried: Tried) -> usize {
+    s.pick_endpoint(&s.variants[0], h, tried, Instant::now())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn least_request_prefers_idle_endpoints() {
+    let s = service("LeastRequest", 3);
+    let eps = &s.variants[0].endpoints;
+    let _busy: Vec<_> = (0..5).map(|_| eps[0].state.start()).collect();
+    let _busy1: Vec<_> = (0..5).map(|_| eps[1].state.start()).collect();
+    let h = HeaderMap::new();
+    let mut counts = [0; 3];
+    for _ in 0..300 {
+        counts[pick(&s, &h, Tried::default())] += 1;
+    }
+    // P2C: the idle endpoint wins whenever it is one of the two draws (2/3 of the time at least).
+    assert!(counts[2] >= 180, "{counts:?}");
+}
+
+#[tokio::test]
+async fn round_robin_cycles() {
+    let s = service("RoundRobin", 3);
+    let h = HeaderMap::new();
+    let seq: Vec<usize> = (0..6).map(|_| pick(&s, &h, Tried::default())).collect();
+    assert_eq!(seq, [0, 1, 2, 0, 1, 2]);
+}
+
+#[tokio::test]
+async fn peak_ewma_avoids_the_slow_endpoint() {
+    let s = service("PeakEwma", 2);
+    let eps = &s.variants[0].endpoints;
+    let p = EwmaPolicy::default();
+    eps[0]
+        .state
+        .observe_rtt(Instant::now(), Duration::from_millis(500), &p);
+    eps[1]
+        .state
+        .observe_rtt(Instant::now(), Duration::from_millis(5), &p);
+    let h = HeaderMap::new();
+    assert!((0..50).all(|_| pick(&s, &h, Tried::default()) == 1));
+}
+
+#[tokio::test]
+async fn consistent_hash_is_stable_and_moves_on_failure() {
+    let s = service("ConsistentHash", 4);
+    let mut h = HeaderMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for u in 0..40 {
+        h.insert(
+            "x-user",
+            http::HeaderValue::from_str(&format!("user-{u}")).unwrap(),
+        );
+        let a = pick(&s, &h, Tried::default());
+        assert_eq!(a, pick(&s, &h, Tried::default()));
+        seen.insert(a);
+        let mut tried = Tried::default();
+        tried.add(a);
+        assert_ne!(pick(&s, &h, tried), a, "a retry goes to another endpoint");
+    }
+    assert_eq!(seen.len(), 4, "users spread over all endpoints");
+}
+
+#[tokio::test]
+async fn avoids_tried_and_ejected_endpoints_but_never_returns_nothing() {
+    let s = service("LeastRequest", 2);
+    let eps = &s.variants[0].endpoints;
+    let h = HeaderMap::new();
+    let mut tried = Tried::default();
+    tried.add(0);
+    assert!((0..20).all(|_| pick(&s, &h, tried) == 1));
+    eps[1]
+        .state
+        .hold_for(Instant::now(), Duration::from_secs(10));
+    assert!((0..20).all(|_| pick(&s, &h, Tried::default()) == 0));
+    tried.add(1);
+    let _ = pick(&s, &h, tried); // all tried: still an answer
+}

@@ -1,0 +1,249 @@
+//! Per-endpoint live state: in-flight requests, the peak-EWMA latency estimate, passive outlier
+//! ejection, and `Retry-After` holds. It is shared by `Arc` and carried over config reloads for every
+//! endpoint that survives, so a reload never forgets that an endpoint is sick or busy.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+
+/// Outlier-ejection settings (failure accrual).
+#[derive(Clone, Copy, Debug)]
+pub struct EjectionPolicy {
+    /// Consecutive failures that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// Ejection time: 1 s doubling to 60 s with jitter by default.
+    pub backoff: Backoff,
+}
+
+impl Default for EjectionPolicy {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 7,
+            backoff: Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+                jitter: 0.5,
+            },
+        }
+    }
+}
+
+/// PeakEWMA settings: the estimate before any sample, and the decay time constant.
+#[derive(Clone, Copy, Debug)]
+pub struct EwmaPolicy {
+    pub default_rtt: Duration,
+    pub decay: Duration,
+}
+
+impl Default for EwmaPolicy {
+    fn default() -> Self {
+        Self {
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct EndpointState {
+    epoch: Instant,
+    in_flight: AtomicU32,
+    consecutive_failures: AtomicU32,
+    /// How many times in a row this endpoint was ejected (drives the ejection backoff).
+    ejections: AtomicU32,
+    /// Nanoseconds since `epoch` before which the endpoint should not be picked (ejected or held by
+    /// `Retry-After`); 0 = available.
+    unavailable_until: AtomicU64,
+    ewma: Mutex<Ewma>,
+}
+
+#[derive(Debug)]
+struct Ewma {
+    /// Latency estimate, nanoseconds.
+    estimate: f64,
+    stamp: Instant,
+}
+
+impl EndpointState {
+    pub fn new(now: Instant, ewma: EwmaPolicy) -> Self {
+        Self {
+            epoch: now,
+            in_flight: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            unavailable_until: AtomicU64::new(0),
+            ewma: Mutex::new(Ewma {
+                estimate: ewma.default_rtt.as_nanos() as f64,
+                stamp: now,
+            }),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Marks a request as started; the returned guard ends it on drop.
+    pub fn start(self: &std::sync::Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// False while ejected or held by a `Retry-After`.
+    pub fn is_available(&self, now: Instant) -> bool {
+        let until = self.unavailable_until.load(Relaxed);
+        until == 0 || self.nanos(now) >= until
+    }
+
+    /// Keeps the endpoint out of rotation until `now + d` (never shortens an existing hold).
+    pub fn hold_for(&self, now: Instant, d: Duration) {
+        let until = self.nanos(now + d).max(1);
+        self.unavailable_until.fetch_max(until, Relaxed);
+    }
+
+    /// A try succeeded: the failure streak ends and the ejection backoff resets once readmitted.
+    pub fn record_success(&self, now: Instant) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+        if self.ejections.load(Relaxed) != 0 && self.is_available(now) {
+            self.ejections.store(0, Relaxed);
+        }
+    }
+
+    /// A try failed; returns the ejection time when this failure ejects the endpoint.
+    pub fn record_failure(&self, now: Instant, policy: &EjectionPolicy) -> Option<Duration> {
+        let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if policy.consecutive_failures == 0 || n < policy.consecutive_failures {
+            return None;
+        }
+        self.consecutive_failures.store(0, Relaxed);
+        let level = self.ejections.fetch_add(1, Relaxed);
+        let d = policy.backoff.delay(level);
+        self.hold_for(now, d);
+        Some(d)
+    }
+
+    /// Feeds one response-head latency into the peak-EWMA estimate: a slower sample is taken at
+    /// once (peak), faster ones decay in with time constant `decay`.
+    pub fn observe_rtt(&self, now: Instant, rtt: Duration, policy: &EwmaPolicy) {
+        let sample = rtt.as_nanos() as f64;
+        let mut e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        if sample > e.estimate {
+            e.estimate = sample;
+        } else {
+            let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
+            let tau = policy.decay.as_secs_f64().max(1e-9);
+            let w = (-elapsed / tau).exp();
+            e.estimate = e.estimate * w + sample * (1.0 - w);
+        }
+        e.stamp = now;
+    }
+
+    /// PeakEWMA load: estimated latency × (in-flight + 1).
+    pub fn ewma_cost(&self) -> f64 {
+        let e = self.ewma.lock().unwrap_or_else(|p| p.into_inner()).estimate;
+        e * f64::from(self.in_flight() + 1)
+    }
+}
+
+/// One request in flight on an endpoint.
+#[derive(Debug)]
+pub struct InFlight(std::sync::Arc<EndpointState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test(start_paused = true)]
+    async fn ejects_after_consecutive_failures_and_recovers() {
+        let p = EjectionPolicy {
+            backoff: Backoff {
+                jitter: 0.0,
+                ..EjectionPolicy::default().backoff
+            },
+            ..EjectionPolicy::default()
+        };
+        let s = EndpointState::new(Instant::now(), EwmaPolicy::default());
+        for _ in 0..6 {
+            assert_eq!(s.record_failure(Instant::now(), &p), None);
+        }
+        s.record_success(Instant::now());
+        for _ in 0..6 {
+            assert_eq!(s.record_failure(Instant::now(), &p), None);
+        }
+        assert_eq!(
+            s.record_failure(Instant::now(), &p),
+            Some(Duration::from_secs(1))
+        );
+        assert!(!s.is_available(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(s.is_available(Instant::now()));
+        // Failing again right after readmission doubles the ejection.
+        for _ in 0..6 {
+            s.record_failure(Instant::now(), &p);
+        }
+        assert_eq!(
+            s.record_failure(Instant::now(), &p),
+            Some(Duration::from_secs(2))
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        s.record_success(Instant::now());
+        for _ in 0..6 {
+            s.record_failure(Instant::now(), &p);
+        }
+        assert_eq!(
+            s.record_failure(Instant::now(), &p),
+            Some(Duration::from_secs(1)),
+            "a success after readmission resets the backoff"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_takes_peaks_and_decays() {
+        let pol = EwmaPolicy::default();
+        let s = EndpointState::new(Instant::now(), pol);
+        assert_eq!(s.ewma_cost(), 30e6);
+        s.observe_rtt(Instant::now(), Duration::from_millis(100), &pol);
+        assert_eq!(s.ewma_cost(), 100e6);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        s.observe_rtt(Instant::now(), Duration::from_millis(10), &pol);
+        let e = s.ewma_cost() / 1e6;
+        assert!(
+            (e - (100.0 / std::f64::consts::E + 10.0 * (1.0 - 1.0 / std::f64::consts::E))).abs()
+                < 0.01,
+            "{e}"
+        );
+        let s = Arc::new(s);
+        let g = s.start();
+        assert!((s.ewma_cost() / 1e6 - 2.0 * e).abs() < 0.01);
+        drop(g);
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_hold_is_never_shortened() {
+        let s = EndpointState::new(Instant::now(), EwmaPolicy::default());
+        s.hold_for(Instant::now(), Duration::from_secs(5));
+        s.hold_for(Instant::now(), Duration::from_secs(1));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!s.is_available(Instant::now()));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(s.is_available(Instant::now()));
+    }
+}

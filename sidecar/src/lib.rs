@@ -1,0 +1,194 @@
+//! infermesh sidecar: the data plane of the infermesh service mesh for AI inference.
+//!
+//! One request path ([`proxy`]) serves the inbound listener (requests for this pod's ModelService,
+//! 15006) and the outbound one (the model calling other ModelServices, 15001): identify the
+//! service, choose a variant (routes, sticky cohorts, exact weighted split), balance over its
+//! endpoints, retry within a budget, and stream the response back untouched. The mesh config comes
+//! from a file or the Kubernetes API and is swapped atomically ([`store`]). The admin port (15020)
+//! serves readiness, liveness, Prometheus metrics and the config in force ([`admin`]).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod backoff;
+pub mod balance;
+pub mod body;
+pub mod budget;
+pub mod compile;
+pub mod endpoint;
+pub mod errors;
+pub mod forward;
+pub mod hash;
+pub mod headers;
+pub mod identify;
+pub mod limit;
+pub mod listener;
+pub mod metrics;
+pub mod options;
+pub mod proxy;
+pub mod route;
+pub mod source;
+pub mod store;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::Admin;
+use crate::backoff::Backoff;
+use crate::endpoint::{EjectionPolicy, EwmaPolicy};
+use crate::forward::Upstream;
+pub use crate::options::Options;
+use crate::proxy::{ConnInfo, Direction, Proxy};
+use crate::store::ConfigStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}; pick a free address with --{what}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "no mesh config source: pass --config-file PATH, or set POD_NAMESPACE (or --namespace) to watch the ConfigMap"
+    )]
+    NoConfigSource,
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub store: Arc<ConfigStore>,
+    admin_state: Arc<Admin>,
+    shutdown: watch::Sender<bool>,
+    proxies: JoinSet<()>,
+    background: JoinSet<()>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Binds the three listeners, loads the config source and starts serving.
+pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
+    if opts.config_file.is_none() && opts.namespace.is_none() {
+        return Err(StartError::NoConfigSource);
+    }
+    let inbound = bind("inbound", opts.inbound).await?;
+    let outbound = bind("outbound", opts.outbound).await?;
+    let admin_l = bind("admin", opts.admin).await?;
+    let addr = |l: &TcpListener, a| l.local_addr().unwrap_or(a);
+    let (inbound_addr, outbound_addr, admin_addr) = (
+        addr(&inbound, opts.inbound),
+        addr(&outbound, opts.outbound),
+        addr(&admin_l, opts.admin),
+    );
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let ewma = EwmaPolicy {
+        default_rtt: opts.ewma_default_rtt,
+        decay: opts.ewma_decay,
+    };
+    let store = Arc::new(ConfigStore::new(metrics, opts.pod_ip, ewma));
+    let (shutdown, rx) = watch::channel(false);
+    let mut background = JoinSet::new();
+    if let Some(path) = opts.config_file.clone() {
+        source::load_file(&path, &store);
+        background.spawn(source::watch_file(
+            path,
+            opts.config_poll_interval,
+            store.clone(),
+            rx.clone(),
+        ));
+    } else if let Some(ns) = opts.namespace.clone() {
+        background.spawn(source::watch_configmap(ns, store.clone(), rx.clone()));
+    }
+
+    let proxy = Arc::new(Proxy {
+        store: store.clone(),
+        upstream: Upstream::new(opts.connect_timeout),
+        ejection: EjectionPolicy {
+            consecutive_failures: opts.eject_after,
+            backoff: Backoff {
+                base: opts.eject_base,
+                max: opts.eject_max,
+                jitter: 0.5,
+            },
+        },
+        ewma,
+    });
+    let mut proxies = JoinSet::new();
+    for (listener, name, direction) in [
+        (inbound, "inbound", Direction::Inbound),
+        (outbound, "outbound", Direction::Outbound),
+    ] {
+        let proxy = proxy.clone();
+        let make = move |peer: SocketAddr| {
+            let proxy = proxy.clone();
+            let conn = Arc::new(ConnInfo {
+                direction,
+                forwarding: headers::Forwarding::new(peer.ip()),
+            });
+            move |req| proxy.clone().handle(conn.clone(), req)
+        };
+        proxies.spawn(listener::serve(listener, name, make, rx.clone()));
+    }
+    let admin_state = Arc::new(Admin {
+        store: store.clone(),
+        listeners_up: Default::default(),
+        draining: Default::default(),
+    });
+    {
+        let admin = admin_state.clone();
+        let make = move |_peer: SocketAddr| {
+            let admin = admin.clone();
+            move |req| admin.clone().handle(req)
+        };
+        background.spawn(listener::serve(admin_l, "admin", make, rx.clone()));
+    }
+    admin_state.listeners_up.store(true, Ordering::Release);
+    tracing::info!(inbound = %inbound_addr, outbound = %outbound_addr, admin = %admin_addr, "listening");
+    Ok(Sidecar {
+        inbound: inbound_addr,
+        outbound: outbound_addr,
+        admin: admin_addr,
+        store,
+        admin_state,
+        shutdown,
+        proxies,
+        background,
+    })
+}
+
+impl Sidecar {
+    /// Stops accepting, lets in-flight requests finish for up to `drain`, then stops everything.
+    /// Returns true when every request finished within the grace period.
+    pub async fn shutdown(mut self, drain: Duration) -> bool {
+        self.admin_state.draining.store(true, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(drain, async {
+            while self.proxies.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            tracing::warn!(
+                ?drain,
+                "drain timeout reached; closing the remaining connections"
+            );
+        }
+        self.proxies.abort_all();
+        self.background.abort_all();
+        drained
+    }
+}

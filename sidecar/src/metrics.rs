@@ -1,0 +1,245 @@
+//! Prometheus metrics (prometheus-client). Per-variant handles are resolved once when a config is
+//! compiled, so the request path only touches atomics and histograms, never a label lookup.
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VariantLabels {
+    pub service: String,
+    pub variant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub service: String,
+    pub variant: String,
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabels {
+    pub revision: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~15 s
+    Histogram::new(exponential_buckets(0.0001, 2.5, 14))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<VariantLabels, Histogram, fn() -> Histogram>,
+    ttfb: Family<VariantLabels, Histogram, fn() -> Histogram>,
+    in_flight: Family<VariantLabels, Gauge>,
+    queue_depth: Family<VariantLabels, Gauge>,
+    ejections: Family<VariantLabels, Counter>,
+    retries: Family<ServiceLabels, Counter>,
+    budget_exhausted: Family<ServiceLabels, Counter>,
+    revision: Family<RevisionLabels, Gauge>,
+    pub config_reloads: Counter,
+    pub config_rejections: Counter,
+}
+
+/// Handles for one variant of one service (status classes 1xx..5xx).
+#[derive(Clone, Debug)]
+pub struct VariantMetrics {
+    pub requests: [Counter; 5],
+    pub latency: Histogram,
+    pub ttfb: Histogram,
+    pub in_flight: Gauge,
+    pub queue_depth: Gauge,
+    pub ejections: Counter,
+}
+
+impl VariantMetrics {
+    /// Counts a finished request by its status class.
+    pub fn count(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceMetrics {
+    pub retries: Counter,
+    pub budget_exhausted: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("infermesh");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let ttfb = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let in_flight = Family::<VariantLabels, Gauge>::default();
+        let queue_depth = Family::<VariantLabels, Gauge>::default();
+        let ejections = Family::<VariantLabels, Counter>::default();
+        let retries = Family::<ServiceLabels, Counter>::default();
+        let budget_exhausted = Family::<ServiceLabels, Counter>::default();
+        let revision = Family::<RevisionLabels, Gauge>::default();
+        let config_reloads = Counter::default();
+        let config_rejections = Counter::default();
+        registry.register(
+            "requests",
+            "Requests by ModelService, variant and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency, first byte in to last byte out",
+            latency.clone(),
+        );
+        registry.register(
+            "time_to_first_byte_seconds",
+            "Time to the upstream response head (TTFT for streams)",
+            ttfb.clone(),
+        );
+        registry.register("in_flight", "Requests in flight", in_flight.clone());
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a concurrency slot",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected after consecutive failures",
+            ejections.clone(),
+        );
+        registry.register("retries", "Retries sent", retries.clone());
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries skipped because the retry budget was exhausted",
+            budget_exhausted.clone(),
+        );
+        registry.register(
+            "config_revision",
+            "Mesh config in force (1 for the current revision)",
+            revision.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Mesh configs accepted",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "config_rejections",
+            "Mesh configs refused as invalid",
+            config_rejections.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            ttfb,
+            in_flight,
+            queue_depth,
+            ejections,
+            retries,
+            budget_exhausted,
+            revision,
+            config_reloads,
+            config_rejections,
+        }
+    }
+
+    pub fn variant(&self, service: &str, variant: &str) -> VariantMetrics {
+        let l = VariantLabels {
+            service: service.to_owned(),
+            variant: variant.to_owned(),
+        };
+        let class = |c: &str| {
+            self.requests.get_or_create_owned(&RequestLabels {
+                service: service.to_owned(),
+                variant: variant.to_owned(),
+                class: c.to_owned(),
+            })
+        };
+        VariantMetrics {
+            requests: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            latency: self.latency.get_or_create_owned(&l),
+            ttfb: self.ttfb.get_or_create_owned(&l),
+            in_flight: self.in_flight.get_or_create_owned(&l),
+            queue_depth: self.queue_depth.get_or_create_owned(&l),
+            ejections: self.ejections.get_or_create_owned(&l),
+        }
+    }
+
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        let l = ServiceLabels {
+            service: service.to_owned(),
+        };
+        ServiceMetrics {
+            retries: self.retries.get_or_create_owned(&l),
+            budget_exhausted: self.budget_exhausted.get_or_create_owned(&l),
+        }
+    }
+
+    /// Marks `revision` as the config in force.
+    pub fn set_revision(&self, revision: &str) {
+        self.revision.clear();
+        self.revision
+            .get_or_create(&RevisionLabels {
+                revision: revision.to_owned(),
+            })
+            .set(1);
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# metrics encoding failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_share_the_registered_series() {
+        let m = Metrics::new();
+        let v = m.variant("llm", "canary");
+        v.count(http::StatusCode::OK);
+        v.count(http::StatusCode::SERVICE_UNAVAILABLE);
+        m.variant("llm", "canary").count(http::StatusCode::OK);
+        m.set_revision("r2");
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"infermesh_requests_total{service="llm",variant="canary",class="2xx"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"class="5xx"} 1"#));
+        assert!(text.contains(r#"infermesh_config_revision{revision="r2"} 1"#));
+    }
+}

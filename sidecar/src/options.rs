@@ -1,0 +1,76 @@
+//! Command-line flags (each also readable from the environment where Kubernetes provides it).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "infermesh-sidecar",
+    version,
+    about = "infermesh data plane proxy"
+)]
+pub struct Options {
+    /// Listen address for requests to this pod's ModelService.
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+    /// Listen address for the model's calls to other ModelServices (Host or proxy form).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+    /// Listen address of /ready, /live, /metrics and /config.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    pub admin: SocketAddr,
+    /// Read the mesh config (JSON) from this file, reloading on change, instead of the Kubernetes API.
+    #[arg(long, env = "INFERMESH_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+    /// How often the config file is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub config_poll_interval: Duration,
+    /// Namespace whose ConfigMap infermesh-mesh-config is watched (without --config-file).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// This pod's IP: endpoints at it are delivered to the local model directly.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<IpAddr>,
+    /// Grace period for in-flight requests on SIGTERM/SIGINT.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Upstream TCP connect timeout.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Consecutive failures that eject an endpoint (0 disables ejection).
+    #[arg(long, default_value_t = 7)]
+    pub eject_after: u32,
+    /// First ejection time; doubles per repeated ejection.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub eject_base: Duration,
+    /// Longest ejection time.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub eject_max: Duration,
+    /// PeakEWMA latency estimate of an endpoint before any response.
+    #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
+    pub ewma_default_rtt: Duration,
+    /// PeakEWMA decay time constant.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ewma_decay: Duration,
+    /// Worker threads (0: one per CPU; 1: a single-threaded runtime).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+}
+
+impl Options {
+    /// Defaults with loopback ephemeral ports, for tests and benchmarks.
+    pub fn loopback(config_file: PathBuf) -> Self {
+        let mut o = Options::parse_from(["infermesh-sidecar"]);
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        o.inbound = any;
+        o.outbound = any;
+        o.admin = any;
+        o.config_file = Some(config_file);
+        o.namespace = None;
+        o.pod_ip = None;
+        o
+    }
+}

@@ -1,0 +1,300 @@
+//! Test fixtures: real hyper backends on 127.0.0.1 ephemeral ports, an in-process sidecar reading a
+//! config file, and a pooled HTTP client with a bounded load loop.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use infermesh_sidecar::{Options, Sidecar};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+#[derive(Clone)]
+pub enum Mode {
+    Ok,
+    Status(u16),
+    /// Reads the request, then closes the connection without answering.
+    Reset,
+    /// Never answers.
+    Hang,
+    /// Answers after a delay.
+    Slow(Duration),
+    /// An SSE stream: `count` events, one per `interval`; each write instant is logged; a failed
+    /// write (the proxy dropped the stream) sets `cancelled`.
+    Sse {
+        interval: Duration,
+        count: usize,
+        written: Arc<Mutex<Vec<Instant>>>,
+        cancelled: Arc<AtomicBool>,
+    },
+}
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    /// Headers of the last request received.
+    pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
+}
+
+fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).boxed()
+}
+
+pub async fn backend(version: &'static str, mode: Mode) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let last_headers = Arc::new(Mutex::new(None));
+    let (h, lh) = (hits.clone(), last_headers.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (hits, last, mode) = (h.clone(), lh.clone(), mode.clone());
+            tokio::spawn(async move {
+                if let Mode::Reset = mode {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    return; // dropped: the connection closes without a response
+                }
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (hits, last, mode) = (hits.clone(), last.clone(), mode.clone());
+                    async move {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        *last.lock().unwrap() = Some(req.headers().clone());
+                        let _ = req.into_body().collect().await;
+                        let resp = |status: u16, body: BoxBody| {
+                            Response::builder()
+                                .status(status)
+                                .header("x-model-version", version)
+                                .body(body)
+                                .unwrap()
+                        };
+                        Ok::<_, Infallible>(match mode {
+                            Mode::Ok => resp(200, full(version)),
+                            Mode::Status(s) => resp(s, full("failing")),
+                            Mode::Reset => unreachable!(),
+                            Mode::Hang => {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                                resp(200, full(version))
+                            }
+                            Mode::Slow(d) => {
+                                tokio::time::sleep(d).await;
+                                resp(200, full(version))
+                            }
+                            Mode::Sse {
+                                interval,
+                                count,
+                                written,
+                                cancelled,
+                            } => {
+                                let (tx, rx) = tokio::sync::mpsc::channel::<
+                                    Result<Frame<Bytes>, Infallible>,
+                                >(1);
+                                tokio::spawn(async move {
+                                    for i in 0..count {
+                                        tokio::time::sleep(interval).await;
+                                        let ev = Frame::data(Bytes::from(format!("data: {i}\n\n")));
+                                        written.lock().unwrap().push(Instant::now());
+                                        if tx.send(Ok(ev)).await.is_err() {
+                                            cancelled.store(true, Ordering::SeqCst);
+                                            return;
+                                        }
+                                    }
+                                    // Park until the receiver goes away or the stream is done.
+                                    drop(tx);
+                                });
+                                let body = StreamBody::new(tokio_stream(rx));
+                                let mut r = resp(200, BodyExt::boxed(body));
+                                r.headers_mut()
+                                    .insert("content-type", "text/event-stream".parse().unwrap());
+                                r
+                            }
+                        })
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Backend {
+        addr,
+        hits,
+        last_headers,
+    }
+}
+
+/// An mpsc receiver as a futures stream.
+fn tokio_stream<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+static NEXT_FILE: AtomicUsize = AtomicUsize::new(0);
+
+pub fn temp_path(name: &str) -> PathBuf {
+    let n = NEXT_FILE.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("infermesh-sidecar-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{name}-{n}.json"))
+}
+
+/// Writes the file atomically (write + rename), so a poll never sees half a document.
+pub fn write_config(path: &PathBuf, json: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub struct Running {
+    pub sidecar: Sidecar,
+    pub config: PathBuf,
+}
+
+pub async fn sidecar(config: &str) -> Running {
+    sidecar_with(config, |_| {}).await
+}
+
+pub async fn sidecar_with(config: &str, tweak: impl FnOnce(&mut Options)) -> Running {
+    let path = temp_path("mesh");
+    write_config(&path, config);
+    let mut opts = Options::loopback(path.clone());
+    opts.config_poll_interval = Duration::from_millis(20);
+    tweak(&mut opts);
+    let sidecar = infermesh_sidecar::start(opts).await.unwrap();
+    Running {
+        sidecar,
+        config: path,
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .build_http()
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn version(&self) -> Option<&str> {
+        self.headers
+            .get("x-model-version")
+            .and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One GET through the sidecar at `addr` for host `host`.
+pub async fn get(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    host: &str,
+    headers: &[(&str, String)],
+) -> Result<Reply, String> {
+    let mut b = Request::get(format!("http://{addr}/v1/models")).header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.request(b.body(Full::default()).unwrap()),
+    )
+    .await
+    .map_err(|_| "timeout".to_string())?
+    .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `n` GETs with `concurrency` workers, bounded by `limit` in time; returns every reply.
+pub async fn load(
+    addr: SocketAddr,
+    host: &'static str,
+    n: usize,
+    concurrency: usize,
+    limit: Duration,
+) -> Vec<Result<Reply, String>> {
+    let c = client();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (c, next) = (c.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < n {
+                out.push(get(&c, addr, host, &[]).await);
+            }
+            out
+        }));
+    }
+    let all = tokio::time::timeout(limit, futures::future::join_all(tasks))
+        .await
+        .expect("load loop exceeded its time bound");
+    all.into_iter().flat_map(|r| r.unwrap()).collect()
+}
+
+/// GET on the admin port; (status, body).
+pub async fn admin(s: &Sidecar, path: &str) -> (StatusCode, String) {
+    let c = client();
+    let r = c
+        .request(
+            Request::get(format!("http://{}{path}", s.admin))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A one-service config with the given variants (name, weight, endpoint addresses).
+pub fn config(
+    service_extra: serde_json::Value,
+    variants: &[(&str, u32, Vec<SocketAddr>)],
+) -> String {
+    let variants: Vec<_> = variants
+        .iter()
+        .map(|(n, w, eps)| {
+            serde_json::json!({"name": n, "weight": w,
+                "endpoints": eps.iter().map(|a| serde_json::json!({"address": a.to_string()})).collect::<Vec<_>>()})
+        })
+        .collect();
+    let mut svc =
+        serde_json::json!({"name": "llm", "namespace": "team", "port": 1, "variants": variants});
+    if let (Some(o), Some(extra)) = (svc.as_object_mut(), service_extra.as_object()) {
+        for (k, v) in extra {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::json!({"services": [svc]}).to_string()
+}
