@@ -32,15 +32,17 @@ RELEASE = ROOT / "target" / "release"
 OUT_DIR = ROOT / "build" / "bench"
 HOST = "bench"  # the ModelService name: the Host header every client sends
 
+BASE_PORT = int(os.environ.get("BENCH_BASE_PORT", "28080"))
 PORTS = {
-    "stable": 18081,
-    "canary": 18082,
-    "direct": 18081,
-    "infermesh": 18090,
-    "haproxy": 18091,
-    "nginx": 18092,
+    "stable": BASE_PORT + 1,
+    "canary": BASE_PORT + 2,
+    "direct": BASE_PORT + 1,
+    "infermesh": BASE_PORT + 10,
+    "haproxy": BASE_PORT + 11,
+    "nginx": BASE_PORT + 12,
 }
-H2_PORTS = {"direct": 18081, "infermesh": 18090, "haproxy": 18191, "nginx": 18192}
+H2_PORTS = {"direct": PORTS["stable"], "infermesh": PORTS["infermesh"], "haproxy": BASE_PORT + 21, "nginx": BASE_PORT + 22}
+SIDECAR_SPARE_PORTS = (BASE_PORT + 13, BASE_PORT + 14)  # outbound, admin
 LOADGEN_CPU = "0"
 SERVER_CPU = "1"
 
@@ -57,6 +59,9 @@ def main() -> int:
     for tool in ("wrk", "oha", "h2load", "haproxy", "nginx", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found: run hack/install-bench-deps.sh (make bench does)")
+    busy = [p for p in {*PORTS.values(), *H2_PORTS.values(), *SIDECAR_SPARE_PORTS} if port_open(p)]
+    if busy:
+        sys.exit(f"bench: ports {sorted(busy)} on 127.0.0.1 are in use: stop what holds them or set BENCH_BASE_PORT")
     work = Path(tempfile.mkdtemp(prefix="infermesh-bench-"))
     procs = []
     try:
@@ -79,6 +84,8 @@ def main() -> int:
             if proxy:
                 procs.append(proxy)
             wait_port(PORTS[name])
+            if proxy and proxy.poll() is not None:
+                sys.exit(f"bench: {name} exited at start (code {proxy.returncode})")
             print(f"== {name}", file=sys.stderr, flush=True)
             results[name] = measure(name, proxy, args)
             if proxy:
@@ -138,8 +145,8 @@ def start_infermesh(work: Path):
             str(RELEASE / "infermesh-sidecar"),
             "--config-file", str(path),
             "--inbound", f"127.0.0.1:{PORTS['infermesh']}",
-            "--outbound", "127.0.0.1:18093",
-            "--admin", "127.0.0.1:18094",
+            "--outbound", f"127.0.0.1:{SIDECAR_SPARE_PORTS[0]}",
+            "--admin", f"127.0.0.1:{SIDECAR_SPARE_PORTS[1]}",
             "--workers", "1",
         ],
         env=env,
@@ -209,12 +216,16 @@ http {{
     return pinned(SERVER_CPU, ["nginx", "-c", str(cfg), "-e", str(work / "nginx-error.log")])
 
 
+def port_open(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_port(port, timeout=10.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if port_open(port):
+            return
         time.sleep(0.05)
     sys.exit(f"bench: nothing listens on 127.0.0.1:{port} after {timeout}s")
 
