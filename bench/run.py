@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""`make bench`: the infermesh sidecar side by side with HAProxy and nginx, on loopback, in one run.
+
+Every scenario proxies to the same two backends (`stable` 90 %, `canary` 10 %, retries on), and is
+measured the same way:
+  * throughput: wrk, 1 thread, 64 connections, median of --reps runs after a warm-up;
+  * latency at a fixed moderate rate: oha (-q), p50/p99/p99.9, and the latency added over `direct`;
+  * CPU seconds per 100k requests and peak RSS of the proxy process (from /proc);
+  * HTTP/2 throughput with h2load (h2c prior knowledge, 64 connections x 10 streams);
+  * SSE: time to first byte and per-chunk delay of event streams (infermesh-bench sse).
+Fairness: the load generator is pinned to CPU 0; the proxy (one worker each) and the backends share
+CPU 1; access logs are off everywhere; every proxy keeps connections to the backends alive.
+Results: a table on stdout and build/bench/results-<time>.json.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+OUT_DIR = ROOT / "build" / "bench"
+HOST = "bench"  # the ModelService name: the Host header every client sends
+
+BASE_PORT = int(os.environ.get("BENCH_BASE_PORT", "28080"))
+PORTS = {
+    "stable": BASE_PORT + 1,
+    "canary": BASE_PORT + 2,
+    "direct": BASE_PORT + 1,
+    "infermesh": BASE_PORT + 10,
+    "haproxy": BASE_PORT + 11,
+    "nginx": BASE_PORT + 12,
+}
+H2_PORTS = {"direct": PORTS["stable"], "infermesh": PORTS["infermesh"], "haproxy": BASE_PORT + 21, "nginx": BASE_PORT + 22}
+SIDECAR_SPARE_PORTS = (BASE_PORT + 13, BASE_PORT + 14)  # outbound, admin
+LOADGEN_CPU = "0"
+SERVER_CPU = "1"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per measure (median kept)")
+    parser.add_argument("--rate", type=int, default=5000, help="requests/s for the latency run")
+    parser.add_argument("--sse-streams", type=int, default=40)
+    parser.add_argument("--only", help="comma-separated scenarios (direct,infermesh,haproxy,nginx)")
+    args = parser.parse_args()
+
+    for tool in ("wrk", "oha", "h2load", "haproxy", "nginx", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not found: run hack/install-bench-deps.sh (make bench does)")
+    busy = [p for p in {*PORTS.values(), *H2_PORTS.values(), *SIDECAR_SPARE_PORTS} if port_open(p)]
+    if busy:
+        sys.exit(f"bench: ports {sorted(busy)} on 127.0.0.1 are in use: stop what holds them or set BENCH_BASE_PORT")
+    work = Path(tempfile.mkdtemp(prefix="infermesh-bench-"))
+    procs = []
+    try:
+        procs.append(start_backend("stable", "v1"))
+        procs.append(start_backend("canary", "v2"))
+        scenarios = {
+            "direct": None,
+            "infermesh": start_infermesh,
+            "haproxy": start_haproxy,
+            "nginx": start_nginx,
+        }
+        chosen = args.only.split(",") if args.only else list(scenarios)
+        for binary in ("infermesh-bench", *(["infermesh-sidecar"] if "infermesh" in chosen else [])):
+            if not (RELEASE / binary).exists():
+                sys.exit(f"bench: {RELEASE / binary} missing: cargo build --release -p infermesh-sidecar -p infermesh-bench")
+        results = {}
+        for name in chosen:
+            starter = scenarios[name]
+            proxy = starter(work) if starter else None
+            if proxy:
+                procs.append(proxy)
+            wait_port(PORTS[name])
+            if proxy and proxy.poll() is not None:
+                sys.exit(f"bench: {name} exited at start (code {proxy.returncode})")
+            print(f"== {name}", file=sys.stderr, flush=True)
+            results[name] = measure(name, proxy, args)
+            if proxy:
+                stop(proxy)
+                procs.remove(proxy)
+        report(results, args)
+    finally:
+        for p in procs:
+            stop(p)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+# ---------------------------------------------------------------- processes
+
+
+def pinned(cpu, argv, **kw):
+    return subprocess.Popen(["taskset", "-c", cpu, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+
+def start_backend(variant, version):
+    p = pinned(SERVER_CPU, [str(RELEASE / "infermesh-bench"), "backend", "--addr", f"127.0.0.1:{PORTS[variant]}", "--version", version])
+    wait_port(PORTS[variant])
+    return p
+
+
+def start_infermesh(work: Path):
+    config = {
+        "revision": "bench",
+        "services": [
+            {
+                "name": HOST,
+                "namespace": "default",
+                "port": PORTS["stable"],
+                "variants": [
+                    {"name": "stable", "weight": 90, "endpoints": [{"address": f"127.0.0.1:{PORTS['stable']}"}]},
+                    {"name": "canary", "weight": 10, "endpoints": [{"address": f"127.0.0.1:{PORTS['canary']}"}]},
+                ],
+                "retries": {
+                    "attempts": 3,
+                    "retryOn": ["connect-failure", "5xx"],
+                    "backoffBaseMs": 25,
+                    "backoffMaxMs": 1000,
+                    "backoffJitter": 0.5,
+                    "budgetRatio": 0.2,
+                    "budgetMinPerSecond": 10,
+                },
+            }
+        ],
+    }
+    path = work / "mesh.json"
+    path.write_text(json.dumps(config))
+    env = dict(os.environ, RUST_LOG="warn")
+    return pinned(
+        SERVER_CPU,
+        [
+            str(RELEASE / "infermesh-sidecar"),
+            "--config-file", str(path),
+            "--inbound", f"127.0.0.1:{PORTS['infermesh']}",
+            "--outbound", f"127.0.0.1:{SIDECAR_SPARE_PORTS[0]}",
+            "--admin", f"127.0.0.1:{SIDECAR_SPARE_PORTS[1]}",
+            "--workers", "1",
+        ],
+        env=env,
+    )
+
+
+def start_haproxy(work: Path):
+    cfg = work / "haproxy.cfg"
+    cfg.write_text(f"""
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 2
+    option redispatch 1
+    retry-on conn-failure empty-response 503
+    http-reuse always
+    option http-no-delay
+frontend bench
+    bind 127.0.0.1:{PORTS['haproxy']}
+    bind 127.0.0.1:{H2_PORTS['haproxy']} proto h2
+    default_backend models
+backend models
+    balance roundrobin
+    server stable 127.0.0.1:{PORTS['stable']} weight 90
+    server canary 127.0.0.1:{PORTS['canary']} weight 10
+""")
+    return pinned(SERVER_CPU, ["haproxy", "-db", "-f", str(cfg)])
+
+
+def start_nginx(work: Path):
+    cfg = work / "nginx.conf"
+    cfg.write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    upstream models {{
+        server 127.0.0.1:{PORTS['stable']} weight=9;
+        server 127.0.0.1:{PORTS['canary']} weight=1;
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{PORTS['nginx']};
+        listen 127.0.0.1:{H2_PORTS['nginx']} http2;
+        location / {{
+            proxy_pass http://models;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_next_upstream error timeout http_503;
+            proxy_next_upstream_tries 3;
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+    return pinned(SERVER_CPU, ["nginx", "-c", str(cfg), "-e", str(work / "nginx-error.log")])
+
+
+def port_open(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if port_open(port):
+            return
+        time.sleep(0.05)
+    sys.exit(f"bench: nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def server_pid(p):
+    """The pid behind `taskset`: taskset execs, so it is the same process."""
+    return p.pid if p else None
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid, key):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+# ---------------------------------------------------------------- measures
+
+
+def loadgen(argv, timeout):
+    out = subprocess.run(["taskset", "-c", LOADGEN_CPU, *argv], capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {out.stderr.strip()[:400]}")
+    return out.stdout
+
+
+def wrk(port, seconds):
+    text = loadgen(["wrk", "-t1", "-c64", f"-d{seconds}s", "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"], seconds + 30)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return rps, total, errors + (int(non2xx.group(1)) if non2xx else 0)
+
+
+def oha(port, rate, seconds):
+    text = loadgen(
+        ["oha", "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-q", str(rate), "-c", "16", "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/"],
+        seconds + 60,
+    )
+    data = json.loads(text)
+    pct = data["latencyPercentiles"]
+    return {k: pct[k] * 1e6 for k in ("p50", "p99", "p99.9")}, data["summary"]["successRate"]
+
+
+def h2load(port, seconds):
+    text = loadgen(["h2load", "-c64", "-m10", "-t1", f"-D{seconds}", "-H", f":authority: {HOST}", f"http://127.0.0.1:{port}/"], seconds + 30)
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text)
+    failed = re.search(r"(\d+) failed", text)
+    return float(m.group(1)) if m else 0.0, int(failed.group(1)) if failed else -1
+
+
+def sse(port, streams):
+    text = loadgen(
+        [str(RELEASE / "infermesh-bench"), "sse", "--url", f"http://127.0.0.1:{port}/sse?events=20&interval_ms=10", "--host", HOST, "--streams", str(streams)],
+        120,
+    )
+    return json.loads(text)
+
+
+def measure(name, proxy, args):
+    pid = server_pid(proxy)
+    port = PORTS[name]
+    result = {"idleRssKb": rss_kb(pid, "VmRSS") if pid else None}
+    wrk(port, 2)  # warm-up, excluded
+    runs = []
+    for _ in range(args.reps):
+        before = cpu_seconds(pid) if pid else 0.0
+        rps, total, errors = wrk(port, args.duration)
+        cpu = (cpu_seconds(pid) - before) if pid else 0.0
+        runs.append({"rps": rps, "requests": total, "errors": errors, "cpuPer100k": cpu / max(total, 1) * 1e5})
+    result["throughput"] = {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "cpuSecondsPer100k": statistics.median(r["cpuPer100k"] for r in runs) if pid else None,
+        "errors": sum(r["errors"] for r in runs),
+        "runs": runs,
+    }
+    lat = []
+    for _ in range(args.reps):
+        pct, success = oha(port, args.rate, max(args.duration // 2, 4))
+        lat.append(pct)
+    result["latencyUs"] = {k: statistics.median(l[k] for l in lat) for k in ("p50", "p99", "p99.9")}
+    result["latencySuccessRate"] = success
+    rps2, failed2 = h2load(H2_PORTS[name], args.duration)
+    result["h2"] = {"rps": rps2, "failed": failed2}
+    result["sse"] = sse(port, args.sse_streams)
+    result["peakRssKb"] = rss_kb(pid, "VmHWM") if pid else None
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(results, args):
+    direct = results.get("direct")
+    peers = [results[p] for p in ("haproxy", "nginx") if p in results]
+    best_peer_rps = max((p["throughput"]["rps"] for p in peers), default=None)
+    rows = []
+    header = ["scenario", "req/s@64c", "x direct", "x best peer", "p50 µs", "p99 µs", "p99.9 µs", "+p50 µs", "+p99 µs",
+              "cpu s/100k", "idle MB", "peak MB", "h2 req/s", "sse ttfb µs", "+ttfb µs", "chunk p99 µs", "batched"]
+    for name, r in results.items():
+        t, l, s = r["throughput"], r["latencyUs"], r["sse"]
+
+        def added(key):
+            return f"{l[key] - direct['latencyUs'][key]:.0f}" if direct else "-"
+
+        rows.append([
+            name,
+            f"{t['rps']:.0f}",
+            f"{t['rps'] / direct['throughput']['rps']:.2f}" if direct else "-",
+            f"{t['rps'] / best_peer_rps:.2f}" if best_peer_rps else "-",
+            f"{l['p50']:.0f}", f"{l['p99']:.0f}", f"{l['p99.9']:.0f}", added("p50"), added("p99"),
+            f"{t['cpuSecondsPer100k']:.2f}" if t["cpuSecondsPer100k"] is not None else "-",
+            f"{r['idleRssKb'] / 1024:.1f}" if r["idleRssKb"] else "-",
+            f"{r['peakRssKb'] / 1024:.1f}" if r["peakRssKb"] else "-",
+            f"{r['h2']['rps']:.0f}",
+            f"{s['ttfbUs']['p50']:.0f}",
+            f"{s['ttfbUs']['p50'] - direct['sse']['ttfbUs']['p50']:.0f}" if direct else "-",
+            f"{s['chunkDelayUs']['p99']:.0f}",
+            str(s["batchedEvents"]),
+        ])
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    errors = {n: r["throughput"]["errors"] for n, r in results.items() if r["throughput"]["errors"]}
+    if errors:
+        print(f"errors during throughput runs: {errors}")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / time.strftime("results-%Y%m%dT%H%M%S.json")
+    path.write_text(json.dumps({"settings": vars(args), "cpus": os.cpu_count(), "results": results}, indent=2))
+    print(f"results written to {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
