@@ -237,13 +237,18 @@ impl Proxy {
         let head_timeout = min_opt(policy.per_try_timeout, svc.timeouts.first_byte);
         let mut tried = Tried::default();
         let mut attempt: u32 = 0;
+        // A retry's endpoint is chosen before deciding to retry (see below).
+        let mut chosen: Option<usize> = None;
         loop {
-            let ei = svc
-                .pick_endpoint(variant, &head.headers, tried, Instant::now())
-                .ok_or_else(|| ProxyError::NoEndpoint {
-                    service: svc.name.clone(),
-                    variant: variant.name.clone(),
-                })?;
+            let ei = match chosen.take() {
+                Some(i) => i,
+                None => svc
+                    .pick_endpoint(variant, &head.headers, tried, Instant::now())
+                    .ok_or_else(|| ProxyError::NoEndpoint {
+                        service: svc.name.clone(),
+                        variant: variant.name.clone(),
+                    })?,
+            };
             tried.add(ei);
             let ep = &variant.endpoints[ei];
             let permit = match &ep.limiter {
@@ -312,6 +317,14 @@ impl Proxy {
                     Failure::Reset(_) => policy.on_reset && idempotent,
                     Failure::Timeout => policy.retries_timeout() && idempotent,
                 };
+            if retry {
+                // Only to an endpoint in rotation: one held by Retry-After or ejected is not
+                // retried sooner, even when it is the only one.
+                chosen = svc
+                    .pick_endpoint(variant, &head.headers, tried, now)
+                    .filter(|i| variant.endpoints[*i].state.is_available(now));
+                retry = chosen.is_some();
+            }
             if retry && !svc.budget.try_withdraw(now) {
                 svc.metrics.budget_exhausted.inc();
                 retry = false;

@@ -584,3 +584,42 @@ async fn client_hang_up_before_the_response_head_drops_the_upstream_request() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_on_that_endpoint() {
+    let busy = backend("v1", Mode::RetryAfter(5)).await;
+    let cfg = config(
+        retries(3, &["5xx"], None, 1.0, 100),
+        &[("s", 100, vec![busy.addr])],
+    );
+    let s = sidecar(&cfg).await;
+    let c = client();
+    let r = get(&c, s.sidecar.inbound, "llm", &[]).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.headers["retry-after"], "5",
+        "the upstream's answer is passed on"
+    );
+    assert_eq!(
+        busy.hits.load(Ordering::SeqCst),
+        1,
+        "not retried on the endpoint that asked to wait"
+    );
+    // With a second endpoint the retry goes there instead.
+    let ok = backend("v1", Mode::Ok).await;
+    let cfg = config(
+        retries(3, &["5xx"], None, 1.0, 100),
+        &[("s", 100, vec![busy.addr, ok.addr])],
+    );
+    let s = sidecar(&cfg).await;
+    for _ in 0..20 {
+        assert_eq!(
+            get(&c, s.sidecar.inbound, "llm", &[]).await.unwrap().status,
+            200
+        );
+    }
+    assert!(
+        busy.hits.load(Ordering::SeqCst) <= 2,
+        "held for 5 s after its first 503"
+    );
+}

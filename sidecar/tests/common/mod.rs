@@ -28,6 +28,8 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 pub enum Mode {
     Ok,
     Status(u16),
+    /// 503 with `Retry-After: <secs>`.
+    RetryAfter(u64),
     /// Reads the request, then closes the connection without answering.
     Reset,
     /// Never answers.
@@ -90,6 +92,11 @@ pub async fn backend(version: &'static str, mode: Mode) -> Backend {
                         Ok::<_, Infallible>(match mode {
                             Mode::Ok => resp(200, full(version)),
                             Mode::Status(s) => resp(s, full("failing")),
+                            Mode::RetryAfter(secs) => {
+                                let mut r = resp(503, full("busy"));
+                                r.headers_mut().insert("retry-after", secs.into());
+                                r
+                            }
                             Mode::Reset => unreachable!(),
                             Mode::Hang => {
                                 tokio::time::sleep(Duration::from_secs(3600)).await;
