@@ -135,7 +135,10 @@ impl Proxy {
         };
         let mut guard = RequestGuard::new(svc.clone(), Some(vi));
         prepare_head(&mut head, conn, svc.protocol);
-        let deadline = svc.timeouts.request.map(|d| Instant::now() + d);
+        let deadline = svc
+            .timeouts
+            .request
+            .and_then(|d| Instant::now().checked_add(d));
         let result = within(
             deadline,
             self.dispatch(&svc, vi, &mut head, body, &mut guard),
@@ -168,7 +171,10 @@ impl Proxy {
         let vi = svc.variants.iter().position(|v| v.name == variant);
         let guard = RequestGuard::new(svc.clone(), vi);
         prepare_head(&mut head, conn, svc.protocol);
-        let deadline = svc.timeouts.request.map(|d| Instant::now() + d);
+        let deadline = svc
+            .timeouts
+            .request
+            .and_then(|d| Instant::now().checked_add(d));
         let send = async {
             let req = forward::build(
                 &mut head,
