@@ -721,3 +721,53 @@ async fn first_byte_and_idle_timeouts() {
         t.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_of_any_size_reach_the_backend_with_retries_on() {
+    let b = backend("v1", Mode::Ok).await;
+    let cfg = config(
+        retries(3, &["5xx", "connect-failure"], None, 0.2, 10),
+        &[("s", 100, vec![b.addr])],
+    );
+    let s = sidecar(&cfg).await;
+    let c = client();
+    for len in [0usize, 10 << 10, 1 << 20, 3 << 20] {
+        let req = Request::post(format!("http://{}/v1/completions", s.sidecar.inbound))
+            .header("host", "llm")
+            .body(Full::new(Bytes::from(vec![b'x'; len])))
+            .unwrap();
+        let r = c.request(req).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["x-body-len"],
+            len.to_string().as_str(),
+            "content-length body of {len}"
+        );
+    }
+    // Chunked, of unknown size: buffered up to 1 MiB, then the rest streams on.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for chunks in [3usize, 12] {
+        let mut conn = tokio::net::TcpStream::connect(s.sidecar.inbound)
+            .await
+            .unwrap();
+        conn.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: llm\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = vec![b'y'; 256 << 10];
+        for _ in 0..chunks {
+            conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await
+                .unwrap();
+            conn.write_all(&chunk).await.unwrap();
+            conn.write_all(b"\r\n").await.unwrap();
+        }
+        conn.write_all(b"0\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        let want = format!("x-body-len: {}", chunks * (256 << 10));
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.contains(&want),
+            "{chunks} chunks: {out}"
+        );
+    }
+}

@@ -81,7 +81,12 @@ pub async fn backend(version: &'static str, mode: Mode) -> Backend {
                     async move {
                         hits.fetch_add(1, Ordering::SeqCst);
                         *last.lock().unwrap() = Some(req.headers().clone());
-                        let _ = req.into_body().collect().await;
+                        let len = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
                         let resp = |status: u16, body: BoxBody| {
                             Response::builder()
                                 .status(status)
@@ -90,7 +95,11 @@ pub async fn backend(version: &'static str, mode: Mode) -> Backend {
                                 .unwrap()
                         };
                         Ok::<_, Infallible>(match mode {
-                            Mode::Ok => resp(200, full(version)),
+                            Mode::Ok => {
+                                let mut r = resp(200, full(version));
+                                r.headers_mut().insert("x-body-len", len.into());
+                                r
+                            }
                             Mode::Status(s) => resp(s, full("failing")),
                             Mode::RetryAfter(secs) => {
                                 let mut r = resp(503, full("busy"));
