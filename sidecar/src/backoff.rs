@@ -26,8 +26,17 @@ impl Backoff {
             .base
             .saturating_mul(1u32.checked_shl(n.min(31)).unwrap_or(u32::MAX));
         let capped = exp.min(self.max);
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        capped.mul_f64(1.0 - jitter * u.clamp(0.0, 1.0))
+        let jitter = if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let u = if u.is_finite() {
+            u.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        Duration::try_from_secs_f64(capped.as_secs_f64() * (1.0 - jitter * u)).unwrap_or(capped)
     }
 }
 
@@ -64,5 +73,26 @@ mod tests {
             let full = Backoff { jitter: 0.0, ..b }.delay(n);
             assert!(d <= full && d >= full / 2, "{d:?} vs {full:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod edge {
+    use super::*;
+
+    #[test]
+    fn odd_inputs_never_panic() {
+        let b = Backoff {
+            base: Duration::MAX,
+            max: Duration::MAX,
+            jitter: f64::NAN,
+        };
+        assert_eq!(b.delay_with(40, f64::INFINITY), Duration::MAX);
+        let z = Backoff {
+            base: Duration::ZERO,
+            max: Duration::ZERO,
+            jitter: 2.0,
+        };
+        assert_eq!(z.delay(3), Duration::ZERO);
     }
 }

@@ -191,10 +191,10 @@ impl ProxyBody {
         deadline: Option<Instant>,
         guard: RequestGuard,
     ) -> Self {
-        let first = match (idle, deadline) {
-            (Some(i), Some(d)) => Some((Instant::now() + i).min(d)),
-            (Some(i), None) => Some(Instant::now() + i),
-            (None, d) => d,
+        let idle = idle.filter(|i| Instant::now().checked_add(*i).is_some());
+        let first = match (idle.map(|i| Instant::now() + i), deadline) {
+            (Some(i), Some(d)) => Some(i.min(d)),
+            (i, d) => i.or(d),
         };
         ProxyBody::Upstream(Box::new(UpstreamBody {
             timer: if inner.is_end_stream() {
@@ -224,8 +224,10 @@ impl Body for ProxyBody {
         };
         match Pin::new(&mut u.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
-                if let (Some(t), Some(i)) = (u.timer.as_mut(), u.idle) {
-                    let next = Instant::now() + i;
+                if let (Some(t), Some(next)) = (
+                    u.timer.as_mut(),
+                    u.idle.and_then(|i| Instant::now().checked_add(i)),
+                ) {
                     t.as_mut().reset(u.deadline.map_or(next, |d| d.min(next)));
                 }
                 Poll::Ready(Some(Ok(f)))

@@ -105,7 +105,10 @@ impl EndpointState {
 
     /// Keeps the endpoint out of rotation until `now + d` (never shortens an existing hold).
     pub fn hold_for(&self, now: Instant, d: Duration) {
-        let until = self.nanos(now + d).max(1);
+        let until = now
+            .checked_add(d)
+            .map_or(u64::MAX, |t| self.nanos(t))
+            .max(1);
         self.unavailable_until.fetch_max(until, Relaxed);
     }
 

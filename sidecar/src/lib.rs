@@ -25,6 +25,7 @@ pub mod listener;
 pub mod metrics;
 pub mod options;
 pub mod proxy;
+pub mod retry;
 pub mod route;
 pub mod source;
 pub mod store;

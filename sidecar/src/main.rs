@@ -1,11 +1,15 @@
 //! `infermesh-sidecar`: parses flags, starts the sidecar, and drains on SIGTERM/SIGINT.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use infermesh_sidecar::Options;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

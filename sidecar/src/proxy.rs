@@ -5,7 +5,7 @@
 //! 2. identify the ModelService (`identify`);
 //! 3. choose the variant: routes, sticky cohort, weights (`route`);
 //! 4. prepare the head: hop-by-hop headers, forwarding headers, request id (`headers`);
-//! 5. the try loop ([`Proxy::dispatch`]): pick an endpoint (`balance`), take a concurrency slot
+//! 5. the try loop (`retry`, [`Proxy::dispatch`]): pick an endpoint (`balance`), take a concurrency slot
 //!    (`limit`), send (`forward`), classify the outcome, feed outlier detection, and retry within
 //!    the budget (`budget`) with backoff;
 //! 6. stream the response back untouched (`body`), timing it and releasing its slot at the end.
@@ -14,24 +14,23 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use infermesh_crds::mesh::Protocol;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::balance::Tried;
-use crate::body::{self, Prepared, ProxyBody, ReqBody};
+use crate::body::{ProxyBody, ReqBody};
 use crate::endpoint::{EjectionPolicy, EwmaPolicy, InFlight};
 use crate::errors::ProxyError;
 use crate::forward::{self, ROUTED, Upstream};
 use crate::headers::{Forwarding, ensure_request_id, strip_hop_by_hop};
 use crate::identify;
+use crate::retry::{error_chain, within_opt};
 use crate::store::ConfigStore;
-use crate::table::{Endpoint, Service, Variant};
+use crate::table::{Service, Variant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -59,8 +58,8 @@ pub struct RequestGuard {
     variant: Option<usize>,
     start: Instant,
     pub(crate) complete: bool,
-    in_flight: Option<InFlight>,
-    permit: Option<OwnedSemaphorePermit>,
+    pub(crate) in_flight: Option<InFlight>,
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
 impl RequestGuard {
@@ -94,14 +93,6 @@ impl Drop for RequestGuard {
                 .observe(self.start.elapsed().as_secs_f64());
         }
     }
-}
-
-/// Why a try did not produce the response to return.
-enum Failure {
-    Status(Response<Incoming>),
-    Connect(String),
-    Reset(String),
-    Timeout,
 }
 
 impl Proxy {
@@ -144,7 +135,10 @@ impl Proxy {
         };
         let mut guard = RequestGuard::new(svc.clone(), Some(vi));
         prepare_head(&mut head, conn, svc.protocol);
-        let deadline = svc.timeouts.request.map(|d| Instant::now() + d);
+        let deadline = svc
+            .timeouts
+            .request
+            .and_then(|d| Instant::now().checked_add(d));
         let result = within(
             deadline,
             self.dispatch(&svc, vi, &mut head, body, &mut guard),
@@ -177,7 +171,10 @@ impl Proxy {
         let vi = svc.variants.iter().position(|v| v.name == variant);
         let guard = RequestGuard::new(svc.clone(), vi);
         prepare_head(&mut head, conn, svc.protocol);
-        let deadline = svc.timeouts.request.map(|d| Instant::now() + d);
+        let deadline = svc
+            .timeouts
+            .request
+            .and_then(|d| Instant::now().checked_add(d));
         let send = async {
             let req = forward::build(
                 &mut head,
@@ -207,141 +204,6 @@ impl Proxy {
         };
         let result = within(deadline, send).await;
         respond(result, guard, deadline)
-    }
-
-    /// The try loop (step 5).
-    async fn dispatch(
-        &self,
-        svc: &Service,
-        vi: usize,
-        head: &mut Parts,
-        body: Incoming,
-        guard: &mut RequestGuard,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let variant = &svc.variants[vi];
-        let policy = &svc.retry;
-        let idempotent = is_idempotent(&head.method);
-        // With retries on, the body is read (≤ 1 MiB) so it can be replayed.
-        let (replay, mut once) = if policy.attempts > 1 {
-            svc.budget.deposit(Instant::now());
-            match body::prepare(body)
-                .await
-                .map_err(|e| ProxyError::RequestBody(error_chain(&e)))?
-            {
-                Prepared::Buffered { data, trailers } => (Some((data, trailers)), None),
-                Prepared::Stream(b) => (None, Some(b)),
-            }
-        } else {
-            (None, Some(ReqBody::Stream(body)))
-        };
-        let head_timeout = min_opt(policy.per_try_timeout, svc.timeouts.first_byte);
-        let mut tried = Tried::default();
-        let mut attempt: u32 = 0;
-        loop {
-            let ei = svc
-                .pick_endpoint(variant, &head.headers, tried, Instant::now())
-                .ok_or_else(|| ProxyError::NoEndpoint {
-                    service: svc.name.clone(),
-                    variant: variant.name.clone(),
-                })?;
-            tried.add(ei);
-            let ep = &variant.endpoints[ei];
-            let permit = match &ep.limiter {
-                None => None,
-                Some(l) => {
-                    variant.metrics.queue_depth.inc();
-                    let p = l.acquire().await;
-                    variant.metrics.queue_depth.dec();
-                    Some(p.map_err(|s| ProxyError::Overloaded {
-                        retry_after: s.retry_after,
-                    })?)
-                }
-            };
-            let more = replay.is_some() && attempt + 1 < policy.attempts;
-            let try_body = match &replay {
-                Some((d, t)) => ReqBody::replay(d, t),
-                None => once
-                    .take()
-                    .unwrap_or_else(|| ReqBody::replay(&Default::default(), &None)),
-            };
-            let routed = ep.meshed.then_some(&variant.routed);
-            let req = forward::build(head, !more, svc.protocol, &ep.authority, routed, try_body);
-            let in_flight = ep.state.start();
-            let sent = Instant::now();
-            let outcome = within_opt(head_timeout, self.upstream.send(svc.protocol, req)).await;
-            let now = Instant::now();
-            let failure = match outcome {
-                Some(Ok(resp)) => {
-                    let status = resp.status().as_u16();
-                    ep.state.observe_rtt(now, now - sent, &self.ewma);
-                    variant.metrics.ttfb.observe((now - sent).as_secs_f64());
-                    if resp.status().is_server_error() {
-                        self.failed(ep, variant, now);
-                    } else {
-                        ep.state.record_success(now);
-                    }
-                    if matches!(status, 429 | 503)
-                        && let Some(d) = retry_after(resp.headers())
-                    {
-                        ep.state.hold_for(now, d);
-                    }
-                    if !(more && idempotent && policy.retries_status(status)) {
-                        guard.in_flight = Some(in_flight);
-                        guard.permit = permit;
-                        return Ok(resp);
-                    }
-                    Failure::Status(resp)
-                }
-                Some(Err(e)) => {
-                    self.failed(ep, variant, now);
-                    if e.is_connect() {
-                        Failure::Connect(error_chain(&e))
-                    } else {
-                        Failure::Reset(error_chain(&e))
-                    }
-                }
-                None => {
-                    self.failed(ep, variant, now);
-                    Failure::Timeout
-                }
-            };
-            let mut retry = more
-                && match &failure {
-                    Failure::Status(_) => true,
-                    Failure::Connect(_) => policy.on_connect_failure,
-                    Failure::Reset(_) => policy.on_reset && idempotent,
-                    Failure::Timeout => policy.retries_timeout() && idempotent,
-                };
-            if retry && !svc.budget.try_withdraw(now) {
-                svc.metrics.budget_exhausted.inc();
-                retry = false;
-            }
-            if !retry {
-                return match failure {
-                    Failure::Status(resp) => {
-                        guard.in_flight = Some(in_flight);
-                        guard.permit = permit;
-                        Ok(resp)
-                    }
-                    Failure::Connect(e) => Err(ProxyError::Connect(e)),
-                    Failure::Reset(e) => Err(ProxyError::Upstream(e)),
-                    Failure::Timeout => Err(ProxyError::Timeout),
-                };
-            }
-            drop((failure, permit, in_flight));
-            svc.metrics.retries.inc();
-            tokio::time::sleep(policy.backoff.delay(attempt)).await;
-            attempt += 1;
-        }
-    }
-
-    /// Feeds a failed try to outlier detection.
-    fn failed(&self, ep: &Endpoint, variant: &Variant, now: Instant) {
-        if let Some(d) = ep.state.record_failure(now, &self.ejection) {
-            variant.metrics.ejections.inc();
-            tracing::warn!(endpoint = %ep.address, variant = %variant.name, ejected_for = ?d,
-                "endpoint ejected after consecutive failures");
-        }
     }
 }
 
@@ -404,82 +266,5 @@ async fn within<T>(
             .await
             .unwrap_or(Err(ProxyError::Timeout)),
         None => f.await,
-    }
-}
-
-/// `None` when the timeout fired.
-async fn within_opt<T>(t: Option<Duration>, f: impl Future<Output = T>) -> Option<T> {
-    match t {
-        Some(t) => tokio::time::timeout(t, f).await.ok(),
-        None => Some(f.await),
-    }
-}
-
-fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// RFC 9110 §9.2.2 idempotent methods.
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is ignored), capped at 5 minutes.
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = h
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs.min(300)))
-}
-
-/// An error with its causes, for logs and reasons.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn idempotency_and_retry_after() {
-        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT));
-        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert("retry-after", HeaderValue::from_static("3"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert("retry-after", HeaderValue::from_static("99999"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(300)));
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&h), None);
-        assert_eq!(
-            min_opt(Some(Duration::from_secs(2)), Some(Duration::from_secs(1))),
-            Some(Duration::from_secs(1))
-        );
-        assert_eq!(
-            min_opt(None, Some(Duration::from_secs(1))),
-            Some(Duration::from_secs(1))
-        );
     }
 }

@@ -73,6 +73,14 @@ pub async fn watch_file(
     }
 }
 
+/// The mesh config document inside the generated ConfigMap, if the ConfigMap is the right one.
+fn mesh_document(cm: &ConfigMap) -> Option<&str> {
+    if cm.metadata.name.as_deref() != Some(CONFIG_MAP_NAME) {
+        return None;
+    }
+    cm.data.as_ref()?.get(CONFIG_MAP_KEY).map(String::as_str)
+}
+
 /// Watches the namespace's mesh ConfigMap until shutdown. Watch errors back off and retry (kube's
 /// default backoff); a deleted ConfigMap leaves the last config in force.
 pub async fn watch_configmap(
@@ -105,7 +113,7 @@ pub async fn watch_configmap(
         match ev {
             None => return,
             Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
-                match cm.data.as_ref().and_then(|d| d.get(CONFIG_MAP_KEY)) {
+                match mesh_document(&cm) {
                     Some(json) => {
                         let _ = store.apply_json(json.as_bytes(), &source);
                     }
@@ -123,5 +131,72 @@ pub async fn watch_configmap(
                 tracing::warn!(%source, error = %e, "mesh config watch failed; retrying with backoff");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::EwmaPolicy;
+    use crate::metrics::Metrics;
+
+    fn cm(name: &str, key: &str, json: &str) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cm.data = Some([(key.to_string(), json.to_string())].into());
+        cm
+    }
+
+    #[test]
+    fn reads_mesh_json_from_the_generated_config_map_only() {
+        let doc = r#"{"services":[]}"#;
+        assert_eq!(
+            mesh_document(&cm(CONFIG_MAP_NAME, CONFIG_MAP_KEY, doc)),
+            Some(doc)
+        );
+        assert_eq!(mesh_document(&cm(CONFIG_MAP_NAME, "other.json", doc)), None);
+        assert_eq!(
+            mesh_document(&cm("something-else", CONFIG_MAP_KEY, doc)),
+            None
+        );
+        assert_eq!(mesh_document(&ConfigMap::default()), None);
+    }
+
+    #[tokio::test]
+    async fn file_source_reloads_on_change() {
+        let dir = std::env::temp_dir().join(format!("infermesh-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.json");
+        let cfg = |rev: &str| {
+            format!(
+                r#"{{"revision":"{rev}","services":[{{"name":"llm","port":1,"variants":[{{"name":"v","weight":1}}]}}]}}"#
+            )
+        };
+        std::fs::write(&path, cfg("one")).unwrap();
+        let store = Arc::new(ConfigStore::new(
+            Arc::new(Metrics::new()),
+            None,
+            EwmaPolicy::default(),
+        ));
+        assert!(load_file(&path, &store));
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(watch_file(
+            path.clone(),
+            Duration::from_millis(10),
+            store.clone(),
+            rx,
+        ));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        std::fs::write(&path, cfg("two-longer")).unwrap();
+        let t = std::time::Instant::now();
+        while store.current().revision != "two-longer" {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "file change not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tx.send(true).unwrap();
+        task.await.unwrap();
     }
 }

@@ -28,6 +28,8 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 pub enum Mode {
     Ok,
     Status(u16),
+    /// 503 with `Retry-After: <secs>`.
+    RetryAfter(u64),
     /// Reads the request, then closes the connection without answering.
     Reset,
     /// Never answers.
@@ -79,7 +81,12 @@ pub async fn backend(version: &'static str, mode: Mode) -> Backend {
                     async move {
                         hits.fetch_add(1, Ordering::SeqCst);
                         *last.lock().unwrap() = Some(req.headers().clone());
-                        let _ = req.into_body().collect().await;
+                        let len = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
                         let resp = |status: u16, body: BoxBody| {
                             Response::builder()
                                 .status(status)
@@ -88,8 +95,17 @@ pub async fn backend(version: &'static str, mode: Mode) -> Backend {
                                 .unwrap()
                         };
                         Ok::<_, Infallible>(match mode {
-                            Mode::Ok => resp(200, full(version)),
+                            Mode::Ok => {
+                                let mut r = resp(200, full(version));
+                                r.headers_mut().insert("x-body-len", len.into());
+                                r
+                            }
                             Mode::Status(s) => resp(s, full("failing")),
+                            Mode::RetryAfter(secs) => {
+                                let mut r = resp(503, full("busy"));
+                                r.headers_mut().insert("retry-after", secs.into());
+                                r
+                            }
                             Mode::Reset => unreachable!(),
                             Mode::Hang => {
                                 tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -1,0 +1,255 @@
+//! Step 5 of the request path: the try loop. Each try picks an endpoint (avoiding ones already
+//! tried, ejected or held by `Retry-After`), takes a concurrency slot, sends, and classifies the
+//! outcome; failures feed outlier detection, and a retry happens only when the policy allows it
+//! for this method and outcome, a replayable body exists, an endpoint in rotation remains, and
+//! the retry budget has room. Nothing is retried once the response head has been returned.
+
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderMap, Method, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::balance::Tried;
+use crate::body::{self, Prepared, ReqBody};
+use crate::errors::ProxyError;
+use crate::forward;
+use crate::proxy::{Proxy, RequestGuard};
+use crate::table::{Endpoint, Service, Variant};
+
+/// Why a try did not produce the response to return.
+enum Failure {
+    Status(Response<Incoming>),
+    Connect(String),
+    Reset(String),
+    Timeout,
+}
+
+impl Proxy {
+    /// The try loop (step 5).
+    pub(crate) async fn dispatch(
+        &self,
+        svc: &Service,
+        vi: usize,
+        head: &mut Parts,
+        body: Incoming,
+        guard: &mut RequestGuard,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let variant = &svc.variants[vi];
+        let policy = &svc.retry;
+        let idempotent = is_idempotent(&head.method);
+        // With retries on, the body is read (≤ 1 MiB) so it can be replayed.
+        let (replay, mut once) = if policy.attempts > 1 {
+            svc.budget.deposit(Instant::now());
+            match body::prepare(body)
+                .await
+                .map_err(|e| ProxyError::RequestBody(error_chain(&e)))?
+            {
+                Prepared::Buffered { data, trailers } => (Some((data, trailers)), None),
+                Prepared::Stream(b) => (None, Some(b)),
+            }
+        } else {
+            (None, Some(ReqBody::Stream(body)))
+        };
+        let head_timeout = min_opt(policy.per_try_timeout, svc.timeouts.first_byte);
+        let mut tried = Tried::default();
+        let mut attempt: u32 = 0;
+        // A retry's endpoint is chosen before deciding to retry (see below).
+        let mut chosen: Option<usize> = None;
+        loop {
+            let ei = match chosen.take() {
+                Some(i) => i,
+                None => svc
+                    .pick_endpoint(variant, &head.headers, tried, Instant::now())
+                    .ok_or_else(|| ProxyError::NoEndpoint {
+                        service: svc.name.clone(),
+                        variant: variant.name.clone(),
+                    })?,
+            };
+            tried.add(ei);
+            let ep = &variant.endpoints[ei];
+            let permit = match &ep.limiter {
+                None => None,
+                Some(l) => {
+                    variant.metrics.queue_depth.inc();
+                    let p = l.acquire().await;
+                    variant.metrics.queue_depth.dec();
+                    Some(p.map_err(|s| ProxyError::Overloaded {
+                        retry_after: s.retry_after,
+                    })?)
+                }
+            };
+            let more = replay.is_some() && attempt + 1 < policy.attempts;
+            let try_body = match &replay {
+                Some((d, t)) => ReqBody::replay(d, t),
+                None => once
+                    .take()
+                    .unwrap_or_else(|| ReqBody::replay(&Default::default(), &None)),
+            };
+            let routed = ep.meshed.then_some(&variant.routed);
+            let req = forward::build(head, !more, svc.protocol, &ep.authority, routed, try_body);
+            let in_flight = ep.state.start();
+            let sent = Instant::now();
+            let outcome = within_opt(head_timeout, self.upstream.send(svc.protocol, req)).await;
+            let now = Instant::now();
+            let failure = match outcome {
+                Some(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    ep.state.observe_rtt(now, now - sent, &self.ewma);
+                    variant.metrics.ttfb.observe((now - sent).as_secs_f64());
+                    if resp.status().is_server_error() {
+                        self.failed(ep, variant, now);
+                    } else {
+                        ep.state.record_success(now);
+                    }
+                    if matches!(status, 429 | 503)
+                        && let Some(d) = retry_after(resp.headers())
+                    {
+                        ep.state.hold_for(now, d);
+                    }
+                    if !(more && idempotent && policy.retries_status(status)) {
+                        guard.in_flight = Some(in_flight);
+                        guard.permit = permit;
+                        return Ok(resp);
+                    }
+                    Failure::Status(resp)
+                }
+                Some(Err(e)) => {
+                    self.failed(ep, variant, now);
+                    if e.is_connect() {
+                        Failure::Connect(error_chain(&e))
+                    } else {
+                        Failure::Reset(error_chain(&e))
+                    }
+                }
+                None => {
+                    self.failed(ep, variant, now);
+                    Failure::Timeout
+                }
+            };
+            let mut retry = more
+                && match &failure {
+                    Failure::Status(_) => true,
+                    Failure::Connect(_) => policy.on_connect_failure,
+                    Failure::Reset(_) => policy.on_reset && idempotent,
+                    Failure::Timeout => policy.retries_timeout() && idempotent,
+                };
+            if retry {
+                // Only to an endpoint in rotation: one held by Retry-After or ejected is not
+                // retried sooner, even when it is the only one.
+                chosen = svc
+                    .pick_endpoint(variant, &head.headers, tried, now)
+                    .filter(|i| variant.endpoints[*i].state.is_available(now));
+                retry = chosen.is_some();
+            }
+            if retry && !svc.budget.try_withdraw(now) {
+                svc.metrics.budget_exhausted.inc();
+                retry = false;
+            }
+            if !retry {
+                return match failure {
+                    Failure::Status(resp) => {
+                        guard.in_flight = Some(in_flight);
+                        guard.permit = permit;
+                        Ok(resp)
+                    }
+                    Failure::Connect(e) => Err(ProxyError::Connect(e)),
+                    Failure::Reset(e) => Err(ProxyError::Upstream(e)),
+                    Failure::Timeout => Err(ProxyError::Timeout),
+                };
+            }
+            drop((failure, permit, in_flight));
+            svc.metrics.retries.inc();
+            tokio::time::sleep(policy.backoff.delay(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Feeds a failed try to outlier detection.
+    fn failed(&self, ep: &Endpoint, variant: &Variant, now: Instant) {
+        if let Some(d) = ep.state.record_failure(now, &self.ejection) {
+            variant.metrics.ejections.inc();
+            tracing::warn!(endpoint = %ep.address, variant = %variant.name, ejected_for = ?d,
+                "endpoint ejected after consecutive failures");
+        }
+    }
+}
+
+/// `None` when the timeout fired.
+pub(crate) async fn within_opt<T>(t: Option<Duration>, f: impl Future<Output = T>) -> Option<T> {
+    match t {
+        Some(t) => tokio::time::timeout(t, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+pub(crate) fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// RFC 9110 §9.2.2 idempotent methods.
+pub(crate) fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is ignored), capped at 5 minutes.
+pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = h
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(300)))
+}
+
+/// An error with its causes, for logs and reasons.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn idempotency_and_retry_after() {
+        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("retry-after", HeaderValue::from_static("99999"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(300)));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
+        assert_eq!(
+            min_opt(Some(Duration::from_secs(2)), Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            min_opt(None, Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(1))
+        );
+    }
+}
