@@ -157,15 +157,25 @@ pub struct Args {
 
 /// Runs the webhook until `shutdown` completes, then drains and returns.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    // Bind first: a taken port fails the start at once.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| AppError::Bind(args.listen, e))?;
     let client = if args.standalone {
         None
     } else {
         Some(kube::Client::try_default().await.map_err(AppError::Kube)?)
     };
+    run_with_client(args, client, shutdown).await
+}
+
+/// [`run`] with a given client (`None`: standalone), e.g. one acting as the webhook's
+/// ServiceAccount.
+pub async fn run_with_client(
+    args: Args,
+    client: Option<kube::Client>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    // Bind first: a taken port fails the start at once.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| AppError::Bind(args.listen, e))?;
     let source = cert_source(&args, client.as_ref())?;
     let mut sans = vec![
         args.service_name.clone(),
