@@ -30,6 +30,8 @@ pub enum AppError {
     NoCertSource,
     #[error("binding {0} failed (is the port in use?): {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("invalid flags: {0}")]
+    Flags(String),
     #[error("TLS setup failed: {0}")]
     Tls(rustls::Error),
 }
@@ -172,6 +174,16 @@ pub async fn run_with_client(
     client: Option<kube::Client>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    if args.ca_validity <= args.cert_validity.saturating_add(args.cert_renew_before) {
+        return Err(AppError::Flags(
+            "--ca-validity must exceed --cert-validity plus --cert-renew-before (the CA must outlive what it signs)".into(),
+        ));
+    }
+    if args.cert_renew_before >= args.cert_validity {
+        return Err(AppError::Flags(
+            "--cert-renew-before must be shorter than --cert-validity".into(),
+        ));
+    }
     // Bind first: a taken port fails the start at once.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
