@@ -2,6 +2,10 @@
 //! serves on the node IP (198.18.0.1, or `INFERMESH_E2E_WEBHOOK_HOST`) from this process, and a
 //! MutatingWebhookConfiguration built from `deploy/webhook/local/` points the API server at it.
 //!
+//! The webhook talks to the API as its own ServiceAccount (impersonated), bound by the RBAC of
+//! `deploy/webhook/rbac.yaml` moved into the run's namespace: the run proves those permissions
+//! suffice.
+//!
 //! Every run is isolated: a unique id labels the run's namespaces (`webhook-e2e-<id>-...`), the
 //! configuration's selectors match only that label, and the configuration is deleted when the
 //! run ends (also on panic), so no other user of the cluster is ever blocked by it.
@@ -15,10 +19,12 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use infermesh_webhook::app::{self, Args};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use serde::Deserialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -79,6 +85,7 @@ impl LocalWebhook {
         };
         let sys = me.system_namespace.clone();
         me.create_namespace(&sys, false).await?;
+        me.install_rbac().await?;
         me.run_server().await?;
         me.register().await?;
         Ok(me)
@@ -97,11 +104,92 @@ impl LocalWebhook {
         ])
     }
 
+    /// The webhook's ServiceAccount and RBAC from deploy/webhook, renamed for this run.
+    async fn install_rbac(&self) -> anyhow::Result<()> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/webhook");
+        let text = std::fs::read_to_string(dir.join("rbac.yaml"))?;
+        let sa_text = std::fs::read_to_string(dir.join("serviceaccount.yaml"))?;
+        let (sys, cluster_name) = (self.system_namespace.clone(), self.config_name.clone());
+        let pp = PostParams::default();
+        let mut sa: ServiceAccount = serde_yaml::from_str(&sa_text)?;
+        sa.metadata.namespace = Some(sys.clone());
+        Api::<ServiceAccount>::namespaced(self.client.clone(), &sys)
+            .create(&pp, &sa)
+            .await?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_yaml::Value::deserialize(doc)?;
+            match v["kind"].as_str() {
+                Some("ClusterRole") => {
+                    let mut r: ClusterRole = serde_yaml::from_value(v)?;
+                    r.metadata.name = Some(cluster_name.clone());
+                    for rule in r.rules.iter_mut().flatten() {
+                        if let Some(names) = rule.resource_names.as_mut() {
+                            *names = names
+                                .iter()
+                                .map(|n| {
+                                    if n == "infermesh-webhook" {
+                                        cluster_name.clone()
+                                    } else {
+                                        n.clone()
+                                    }
+                                })
+                                .collect();
+                        }
+                    }
+                    Api::<ClusterRole>::all(self.client.clone())
+                        .create(&pp, &r)
+                        .await?;
+                }
+                Some("ClusterRoleBinding") => {
+                    let mut b: ClusterRoleBinding = serde_yaml::from_value(v)?;
+                    b.metadata.name = Some(cluster_name.clone());
+                    b.role_ref.name = cluster_name.clone();
+                    for s in b.subjects.iter_mut().flatten() {
+                        s.namespace = Some(sys.clone());
+                    }
+                    Api::<ClusterRoleBinding>::all(self.client.clone())
+                        .create(&pp, &b)
+                        .await?;
+                }
+                Some("Role") => {
+                    let mut r: Role = serde_yaml::from_value(v)?;
+                    r.metadata.namespace = Some(sys.clone());
+                    Api::<Role>::namespaced(self.client.clone(), &sys)
+                        .create(&pp, &r)
+                        .await?;
+                }
+                Some("RoleBinding") => {
+                    let mut b: RoleBinding = serde_yaml::from_value(v)?;
+                    b.metadata.namespace = Some(sys.clone());
+                    for s in b.subjects.iter_mut().flatten() {
+                        s.namespace = Some(sys.clone());
+                    }
+                    Api::<RoleBinding>::namespaced(self.client.clone(), &sys)
+                        .create(&pp, &b)
+                        .await?;
+                }
+                other => bail!("unexpected kind {other:?} in deploy/webhook/rbac.yaml"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A client that acts as the webhook's ServiceAccount.
+    async fn service_account_client(&self) -> anyhow::Result<Client> {
+        let mut cfg = kube::Config::infer().await?;
+        cfg.auth_info.impersonate = Some(format!(
+            "system:serviceaccount:{}:infermesh-webhook",
+            self.system_namespace
+        ));
+        Ok(Client::try_from(cfg)?)
+    }
+
     async fn run_server(&mut self) -> anyhow::Result<()> {
         let (tx, rx) = oneshot::channel::<()>();
         let args = self.args();
+        let client = self.service_account_client().await?;
         let task = tokio::spawn(async move {
-            app::run(args, async move {
+            app::run_with_client(args, Some(client), async move {
                 let _ = rx.await;
             })
             .await
@@ -258,6 +346,7 @@ impl LocalWebhook {
             .delete(&self.config_name, &DeleteParams::default())
             .await;
         self.stop().await?;
+        delete_cluster_rbac(&self.client, &self.config_name).await;
         let ns_api = Api::<Namespace>::all(self.client.clone());
         for ns in std::mem::take(&mut self.namespaces) {
             let _ = ns_api.delete(&ns, &DeleteParams::background()).await;
@@ -292,6 +381,7 @@ impl Drop for LocalWebhook {
                 let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
                     .delete(&name, &DeleteParams::default())
                     .await;
+                delete_cluster_rbac(&client, &name).await;
                 let api = Api::<Namespace>::all(client);
                 for ns in namespaces {
                     let _ = api.delete(&ns, &DeleteParams::background()).await;
@@ -300,4 +390,14 @@ impl Drop for LocalWebhook {
         })
         .join();
     }
+}
+
+async fn delete_cluster_rbac(client: &Client, name: &str) {
+    let dp = DeleteParams::default();
+    let _ = Api::<ClusterRoleBinding>::all(client.clone())
+        .delete(name, &dp)
+        .await;
+    let _ = Api::<ClusterRole>::all(client.clone())
+        .delete(name, &dp)
+        .await;
 }

@@ -30,6 +30,8 @@ pub enum AppError {
     NoCertSource,
     #[error("binding {0} failed (is the port in use?): {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("invalid flags: {0}")]
+    Flags(String),
     #[error("TLS setup failed: {0}")]
     Tls(rustls::Error),
 }
@@ -157,15 +159,35 @@ pub struct Args {
 
 /// Runs the webhook until `shutdown` completes, then drains and returns.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    // Bind first: a taken port fails the start at once.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| AppError::Bind(args.listen, e))?;
     let client = if args.standalone {
         None
     } else {
         Some(kube::Client::try_default().await.map_err(AppError::Kube)?)
     };
+    run_with_client(args, client, shutdown).await
+}
+
+/// [`run`] with a given client (`None`: standalone), e.g. one acting as the webhook's
+/// ServiceAccount.
+pub async fn run_with_client(
+    args: Args,
+    client: Option<kube::Client>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    if args.ca_validity <= args.cert_validity.saturating_add(args.cert_renew_before) {
+        return Err(AppError::Flags(
+            "--ca-validity must exceed --cert-validity plus --cert-renew-before (the CA must outlive what it signs)".into(),
+        ));
+    }
+    if args.cert_renew_before >= args.cert_validity {
+        return Err(AppError::Flags(
+            "--cert-renew-before must be shorter than --cert-validity".into(),
+        ));
+    }
+    // Bind first: a taken port fails the start at once.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| AppError::Bind(args.listen, e))?;
     let source = cert_source(&args, client.as_ref())?;
     let mut sans = vec![
         args.service_name.clone(),

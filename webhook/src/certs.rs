@@ -142,7 +142,7 @@ pub fn plan(
         return fresh_ca().map(Some);
     };
     // The CA must outlive any certificate it signs now.
-    if tls::renewal_reason(&ca, now, p.validity + p.renew_before, &[]).is_some() {
+    if tls::renewal_reason(&ca, now, p.validity.saturating_add(p.renew_before), &[]).is_some() {
         let mut next = fresh_ca()?;
         if ca.not_after > now {
             next.ca_pem = format!("{}{}", next.ca_pem, old.ca_pem);

@@ -112,8 +112,9 @@ impl NamespaceCache {
     }
 
     /// The namespace's annotations from the cache; on a miss (a namespace created a moment ago),
-    /// one bounded GET.
-    pub async fn info(&self, name: &str) -> NamespaceInfo {
+    /// one bounded GET. An error when neither can tell: the review then fails and the
+    /// configuration's failurePolicy decides, instead of a silent "not enabled".
+    pub async fn info(&self, name: &str) -> Result<NamespaceInfo, LookupError> {
         let mut info = NamespaceInfo::new(name);
         match &self.source {
             Source::Static(enabled) => {
@@ -126,19 +127,27 @@ impl NamespaceCache {
                 if let Some(ns) = store.get(&key) {
                     info.annotations = ns.annotations().clone();
                 } else {
-                    match tokio::time::timeout(Duration::from_secs(2), api.get_opt(name)).await {
+                    match tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await {
                         Ok(Ok(Some(ns))) => info.annotations = ns.annotations().clone(),
                         Ok(Ok(None)) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(namespace = name, error = %e, "namespace lookup failed")
-                        }
-                        Err(_) => tracing::warn!(namespace = name, "namespace lookup timed out"),
+                        Ok(Err(e)) => return Err(LookupError::Api(name.into(), e)),
+                        Err(_) => return Err(LookupError::Timeout(name.into())),
                     }
                 }
             }
         }
-        info
+        Ok(info)
     }
+}
+
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("namespace {0} is not in the cache and reading it failed: {1}")]
+    Api(String, kube::Error),
+    #[error("namespace {0} is not in the cache and reading it timed out")]
+    Timeout(String),
 }
 
 /// The label change that makes the label follow the annotation: `Some(Some(v))` set,
@@ -208,7 +217,10 @@ mod tests {
     async fn standalone_namespaces() {
         let c = NamespaceCache::standalone(vec!["ml".into()]);
         assert!(c.is_ready());
-        assert_eq!(c.info("ml").await, NamespaceInfo::enabled("ml"));
-        assert_eq!(c.info("other").await, NamespaceInfo::new("other"));
+        assert_eq!(c.info("ml").await.ok(), Some(NamespaceInfo::enabled("ml")));
+        assert_eq!(
+            c.info("other").await.ok(),
+            Some(NamespaceInfo::new("other"))
+        );
     }
 }

@@ -151,7 +151,20 @@ async fn mutate(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes
         }
     };
     let ns = match review::namespace_of(&request) {
-        Some(name) => state.namespaces.info(name).await,
+        Some(name) => match state.namespaces.info(name).await {
+            Ok(ns) => ns,
+            Err(e) => {
+                // The failurePolicy decides: Fail where injection was asked, Ignore elsewhere.
+                tracing::warn!(error = %e, "review failed");
+                state
+                    .metrics
+                    .observe("error", start.elapsed().as_secs_f64());
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{e}; retry shortly\n"),
+                );
+            }
+        },
         None => NamespaceInfo::default(),
     };
     let (answer, label) = review::respond(&request, &ns, &state.injector);

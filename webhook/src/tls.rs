@@ -92,6 +92,8 @@ fn name(cn: &str) -> DistinguishedName {
 }
 
 fn set_validity(params: &mut CertificateParams, now: SystemTime, validity: Duration) {
+    // Clamped so that absurd flag values cannot overflow the date arithmetic.
+    let validity = validity.min(Duration::from_secs(100 * 365 * 86_400));
     let now = OffsetDateTime::from(now);
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + validity;
@@ -145,7 +147,10 @@ pub fn renewal_reason(
     renew_before: Duration,
     required_sans: &[String],
 ) -> Option<String> {
-    if info.not_after <= now + renew_before {
+    if now
+        .checked_add(renew_before)
+        .is_none_or(|t| info.not_after <= t)
+    {
         return Some(format!(
             "it expires at {} (renewing {} before expiry)",
             humantime::format_rfc3339_seconds(info.not_after),
