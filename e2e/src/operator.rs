@@ -195,11 +195,21 @@ pub struct OperatorProcess {
 
 impl OperatorProcess {
     pub fn start(namespace: &str, identity: &str) -> Self {
+        Self::start_with(namespace, identity, None)
+    }
+
+    /// Like [`OperatorProcess::start`], with another kubeconfig (e.g. one that impersonates the
+    /// operator's service account).
+    pub fn start_with(namespace: &str, identity: &str, kubeconfig: Option<&Path>) -> Self {
         let admin_port = free_port();
         let log_path =
             std::env::temp_dir().join(format!("infermesh-operator-{namespace}-{identity}.log"));
         let log = std::fs::File::create(&log_path).expect("operator log file");
-        let child = Command::new(operator_binary())
+        let mut cmd = Command::new(operator_binary());
+        if let Some(k) = kubeconfig {
+            cmd.env("KUBECONFIG", k);
+        }
+        let child = cmd
             .args([
                 "--namespace",
                 namespace,

@@ -625,3 +625,124 @@ fn invalid_modelservices_are_refused_with_a_message_saying_what_to_fix() {
         failures.join("\n")
     );
 }
+
+/// Cluster-scoped objects of one test, deleted when dropped.
+struct ClusterScoped(Vec<String>);
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        for obj in &self.0 {
+            let _ = kubectl(&["delete", obj, "--ignore-not-found"], None);
+        }
+    }
+}
+
+#[test]
+fn operator_works_with_the_deployed_rbac_only() {
+    if kubeconfig_or_skip("operator_works_with_the_deployed_rbac_only").is_none() {
+        return;
+    }
+    install_crd();
+    let ns = TestNamespace::create("rbac");
+    let n = ns.name.as_str();
+
+    // deploy/operator/rbac.yaml, bound to a service account of this namespace under unique names.
+    let rbac_path = infermesh_e2e::operator::repo_root().join("deploy/operator/rbac.yaml");
+    // kubectl prints one JSON object per document.
+    let rbac_json = kubectl_ok(
+        &[
+            "create",
+            "--dry-run=client",
+            "-o",
+            "json",
+            "-f",
+            &rbac_path.to_string_lossy(),
+        ],
+        None,
+    );
+    let objects: Vec<Value> = serde_json::Deserializer::from_str(&rbac_json)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .expect("rbac.yaml converts to JSON");
+    assert_eq!(
+        objects.len(),
+        4,
+        "ClusterRole, ClusterRoleBinding, Role, RoleBinding"
+    );
+    let _cleanup = ClusterScoped(vec![
+        format!("clusterrole/{n}"),
+        format!("clusterrolebinding/{n}"),
+    ]);
+    kubectl_ok(&["create", "serviceaccount", "operator", "-n", n], None);
+    for mut obj in objects {
+        match obj["kind"].as_str().unwrap_or("") {
+            "ClusterRole" => obj["metadata"]["name"] = json!(n),
+            "ClusterRoleBinding" => {
+                obj["metadata"]["name"] = json!(n);
+                obj["roleRef"]["name"] = json!(n);
+            }
+            _ => obj["metadata"]["namespace"] = json!(n),
+        }
+        if let Some(subjects) = obj["subjects"].as_array_mut() {
+            for s in subjects {
+                s["name"] = json!("operator");
+                s["namespace"] = json!(n);
+            }
+        }
+        kubectl_ok(&["apply", "-f", "-"], Some(&obj.to_string()));
+    }
+
+    // A kubeconfig that acts as that service account.
+    let mut config: Value = serde_json::from_str(&kubectl_ok(
+        &["config", "view", "--raw", "--flatten", "-o", "json"],
+        None,
+    ))
+    .expect("kubeconfig as JSON");
+    for user in config["users"].as_array_mut().into_iter().flatten() {
+        user["user"]["as"] = json!(format!("system:serviceaccount:{n}:operator"));
+    }
+    let kubeconfig = std::env::temp_dir().join(format!("{n}.kubeconfig.json"));
+    std::fs::write(&kubeconfig, config.to_string()).expect("write kubeconfig");
+
+    let op = OperatorProcess::start_with(n, "rbac-a", Some(&kubeconfig));
+    let image = workload_image();
+    kubectl_ok(
+        &["apply", "-n", n, "-f", "-"],
+        Some(&deployment("llm-stable", "llm", "v1", 1, &image)),
+    );
+    kubectl_ok(
+        &["apply", "-n", n, "-f", "-"],
+        Some(&deployment("llm-canary", "llm", "v2", 1, &image)),
+    );
+    kubectl_ok(
+        &["apply", "-n", n, "-f", "-"],
+        Some(&model_service("llm", 90, 10).to_string()),
+    );
+    wait_for(Duration::from_secs(180), || {
+        let ms = get_json(n, &["msvc", "llm"])?;
+        (condition(&ms, "Ready") == "True").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not Ready with the deployed RBAC\noperator log:\n{}",
+            op.log()
+        )
+    });
+    kubectl_ok(&["delete", "msvc", "llm", "-n", n, "--timeout=30s"], None);
+    let gone = wait_for(Duration::from_secs(30), || {
+        (get_json(n, &["configmap", "infermesh-mesh-config"]).is_none()
+            && get_json(n, &["service", "llm"]).is_none())
+        .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "cleanup failed with the deployed RBAC\n{}",
+        op.log()
+    );
+    let log = op.log();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator hit a permission error:\n{log}"
+    );
+    let _ = std::fs::remove_file(&kubeconfig);
+}

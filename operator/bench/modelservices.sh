@@ -33,9 +33,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building infermesh-operator (release)..." >&2
-(cd "$ROOT" && cargo build -q --release -p infermesh-operator --target-dir "$ROOT/target/bench")
-BIN="$ROOT/target/bench/release/infermesh-operator"
+# INFERMESH_OPERATOR_BIN: a prebuilt operator binary; else a release build of this checkout.
+BIN="${INFERMESH_OPERATOR_BIN:-}"
+if [[ -z "$BIN" ]]; then
+  echo "building infermesh-operator (release)..." >&2
+  (cd "$ROOT" && cargo build -q --release -p infermesh-operator --target-dir "$ROOT/target/bench")
+  BIN="$ROOT/target/bench/release/infermesh-operator"
+fi
 
 k apply --server-side --force-conflicts -f "$ROOT/deploy/crds/modelservice.yaml" >/dev/null
 k wait --for=condition=Established --timeout=60s crd/modelservices.infermesh.io >/dev/null

@@ -80,7 +80,8 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
 /// Serves the admin router on `addr` until the process exits.
 pub async fn serve(addr: SocketAddr, router: Router) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "admin server listening");
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "admin server listening");
     axum::serve(listener, router).await
 }
 
