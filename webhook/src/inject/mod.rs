@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 pub use sidecar::{ProxyResources, parse_quantity};
 
 /// Name of the injected init container (native sidecar); also how injection is recognised.
-pub const SIDECAR_NAME: &str = "infermesh-sidecar";
+pub const SIDECAR_NAME: &str = infermesh_crds::SIDECAR_CONTAINER;
 /// Annotation on the pod explaining what the webhook decided.
 pub const STATUS_ANNOTATION: &str = "infermesh.io/injection-status";
 /// Annotation giving the model's port when the first container port is not it.
