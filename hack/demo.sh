@@ -53,7 +53,8 @@ EX="${REPO_ROOT}/examples/manifests"
 if [[ "${NS}" != infermesh-demo ]]; then
   EX="${BUILD}/demo/${NS}"
   mkdir -p "${EX}"
-  printf 'namespace: %s\nresources: ["%s"]\n' "${NS}" "${REPO_ROOT}/examples/manifests" \
+  printf 'namespace: %s\nresources: ["%s"]\n' "${NS}" \
+    "$(realpath --relative-to="${EX}" "${REPO_ROOT}/examples/manifests")" \
     > "${EX}/kustomization.yaml"
 fi
 step "the example model: namespace ${NS} (injection on), llm-v1 x2, llm-v2 x1, ModelService llm 90/10"
