@@ -400,14 +400,14 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
             "http://127.0.0.1:15001/",
             "-H",
             "Host: llm",
-            "--requests=4000",
+            "--requests=30000",
             "--concurrency=4",
             "--timeout-secs=120",
             "--allow-errors",
         ],
     )
     .map_err(|e| format!("starting kubectl exec: {e}"))?;
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
     let victim = pods(n, "app=llm,version=v1")
         .first()
         .map(name)
@@ -425,6 +425,12 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
     }
     let s = load_summary(&out).ok_or_else(|| format!("no load summary in: {out}"))?;
     println!("load while {victim} was deleted: {s}");
+    let retries: Vec<String> = toolbox_metrics(n)?
+        .lines()
+        .filter(|l| l.starts_with("infermesh_retries_total"))
+        .map(str::to_string)
+        .collect();
+    println!("toolbox sidecar: {retries:?}");
     assert!(
         still_running,
         "the load ended before the pod was deleted: {s}"
@@ -433,7 +439,7 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
         s["errors"], 0,
         "client-visible errors while a pod was killed: {s}"
     );
-    assert_eq!(s["total"], 4000);
+    assert_eq!(s["total"], 30000);
 
     // Streaming through two sidecars: toolbox sidecar (outbound) -> model pod's sidecar -> model.
     let (ok, out) = client_exec(
