@@ -35,6 +35,9 @@ step "install check: kubectl apply -k deploy/overlays/kind (server dry run)"
 "${KUBECTL}" apply --dry-run=server -k deploy/overlays/kind >/dev/null 2>&1 \
   || echo "(dry run needs the namespace and CRD first; the e2e suite checks every manifest)"
 
-step "e2e suite against kind (KUBECONFIG=${KUBECONFIG})"
-KUBECTL="${KUBECTL}" cargo test -p infermesh-e2e --locked -- --test-threads=1
+# The webhook tests serve from this host in local mode: the kind node reaches the host at the
+# IPv4 gateway of the docker network "kind".
+gw="$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 -E '^[0-9.]+$' || true)"
+step "e2e suite against kind (KUBECONFIG=${KUBECONFIG}, webhook host ${gw:-unknown})"
+INFERMESH_E2E_WEBHOOK_HOST="${gw}" KUBECTL="${KUBECTL}" cargo test -p infermesh-e2e --locked -- --test-threads=1
 echo "kind-e2e: passed. Delete the cluster with: kind delete cluster --name ${CLUSTER}"
