@@ -3,6 +3,7 @@
 //! Every test gets its own namespace (deleted when the guard drops) and skips with a printed
 //! message when `KUBECONFIG` is unset, so a plain `cargo test` on a laptop passes.
 
+pub mod mesh;
 pub mod operator;
 pub mod webhook;
 
