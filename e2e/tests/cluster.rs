@@ -121,11 +121,23 @@ async fn deployment_is_reached_through_service_dns() -> anyhow::Result<()> {
         .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
         .collect();
     assert_eq!(ips.len(), 2, "two distinct pod IPs expected, got {ips:?}");
+    // Real pod-network addresses: valid IPs, none of them a node's own address (which is what
+    // a host-network pod would show). Holds on the local cluster and on kind alike.
+    let node_ips: BTreeSet<String> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.addresses.clone())
+        .flatten()
+        .map(|a| a.address)
+        .collect();
     for ip in &ips {
         assert!(
-            ip.starts_with("198.18.64."),
-            "pod IP {ip} outside the pod CIDR"
+            ip.parse::<std::net::IpAddr>().is_ok(),
+            "pod IP {ip} is not an IP"
         );
+        assert!(!node_ips.contains(ip), "pod IP {ip} is a node address");
     }
 
     // The Service answers once its endpoints are ready and kube-proxy has programmed them;
