@@ -27,6 +27,24 @@ fn model_service(name: &str, stable: i64, canary: i64) -> Value {
     })
 }
 
+/// Deployments `llm-stable` (v1, `stable_replicas` pods) and `llm-canary` (v2, one pod), and the
+/// ModelService `llm` over them at 90/10.
+fn apply_llm_90_10(n: &str, image: &str, stable_replicas: u32) {
+    for (name, version, replicas) in [
+        ("llm-stable", "v1", stable_replicas),
+        ("llm-canary", "v2", 1),
+    ] {
+        kubectl_ok(
+            &["apply", "-n", n, "-f", "-"],
+            Some(&deployment(name, "llm", version, replicas, image)),
+        );
+    }
+    kubectl_ok(
+        &["apply", "-n", n, "-f", "-"],
+        Some(&model_service("llm", 90, 10).to_string()),
+    );
+}
+
 fn get_json(ns: &str, args: &[&str]) -> Option<Value> {
     let mut full = vec!["get", "-n", ns, "-o", "json"];
     full.extend_from_slice(args);
@@ -152,18 +170,7 @@ fn modelservice_is_reconciled_over_two_deployments() {
     let op = OperatorProcess::start(n, "life-a");
     let image = workload_image();
     eprintln!("workload image: {image}");
-    kubectl_ok(
-        &["apply", "-n", n, "-f", "-"],
-        Some(&deployment("llm-stable", "llm", "v1", 2, &image)),
-    );
-    kubectl_ok(
-        &["apply", "-n", n, "-f", "-"],
-        Some(&deployment("llm-canary", "llm", "v2", 1, &image)),
-    );
-    kubectl_ok(
-        &["apply", "-n", n, "-f", "-"],
-        Some(&model_service("llm", 90, 10).to_string()),
-    );
+    apply_llm_90_10(n, &image, 2);
 
     // Ready=True, and the config lists exactly the Ready pods' IPs.
     let ms = wait_for(Duration::from_secs(180), || {
@@ -706,18 +713,7 @@ fn operator_works_with_the_deployed_rbac_only() {
 
     let op = OperatorProcess::start_with(n, "rbac-a", Some(&kubeconfig));
     let image = workload_image();
-    kubectl_ok(
-        &["apply", "-n", n, "-f", "-"],
-        Some(&deployment("llm-stable", "llm", "v1", 1, &image)),
-    );
-    kubectl_ok(
-        &["apply", "-n", n, "-f", "-"],
-        Some(&deployment("llm-canary", "llm", "v2", 1, &image)),
-    );
-    kubectl_ok(
-        &["apply", "-n", n, "-f", "-"],
-        Some(&model_service("llm", 90, 10).to_string()),
-    );
+    apply_llm_90_10(n, &image, 1);
     wait_for(Duration::from_secs(180), || {
         let ms = get_json(n, &["msvc", "llm"])?;
         (condition(&ms, "Ready") == "True").then_some(())

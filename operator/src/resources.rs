@@ -72,16 +72,21 @@ pub fn mesh_config_map(
     })
 }
 
+/// Metadata of the reader Role and its RoleBinding: same name, owned by every ModelService there.
+fn reader_meta(namespace: &str, owners: &[&ModelService]) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(READER_ROLE.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(labels(None)),
+        owner_references: Some(shared_owners(owners)),
+        ..Default::default()
+    }
+}
+
 /// Role granting get/list/watch on the mesh config ConfigMap only (by resourceNames).
 pub fn reader_role(namespace: &str, owners: &[&ModelService]) -> Role {
     Role {
-        metadata: ObjectMeta {
-            name: Some(READER_ROLE.into()),
-            namespace: Some(namespace.into()),
-            labels: Some(labels(None)),
-            owner_references: Some(shared_owners(owners)),
-            ..Default::default()
-        },
+        metadata: reader_meta(namespace, owners),
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec![String::new()]),
             resources: Some(vec!["configmaps".into()]),
@@ -95,13 +100,7 @@ pub fn reader_role(namespace: &str, owners: &[&ModelService]) -> Role {
 /// Binds [`reader_role`] to every service account of the namespace.
 pub fn reader_role_binding(namespace: &str, owners: &[&ModelService]) -> RoleBinding {
     RoleBinding {
-        metadata: ObjectMeta {
-            name: Some(READER_ROLE.into()),
-            namespace: Some(namespace.into()),
-            labels: Some(labels(None)),
-            owner_references: Some(shared_owners(owners)),
-            ..Default::default()
-        },
+        metadata: reader_meta(namespace, owners),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
             kind: "Role".into(),
