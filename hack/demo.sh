@@ -47,6 +47,19 @@ for _ in $(seq 60); do
     -o jsonpath='{.webhooks[*].clientConfig.caBundle}' 2>/dev/null)" ]] && break
   sleep 1
 done
+# Right after the rollout the webhook's Service may refuse connections for a moment (kube-proxy
+# has not programmed it yet): wait until a pod in an injecting namespace passes admission (a
+# server-side dry run creates nothing).
+k create namespace infermesh-admission-probe >/dev/null 2>&1 || true
+k label namespace infermesh-admission-probe infermesh.io/inject=enabled --overwrite >/dev/null
+k annotate namespace infermesh-admission-probe infermesh.io/inject=enabled --overwrite >/dev/null
+for i in $(seq 60); do
+  k -n infermesh-admission-probe run admission-probe --image=infermesh/pause:0.1.0 \
+    --restart=Never --dry-run=server -o name >/dev/null 2>&1 && break
+  [[ $i -eq 60 ]] && { echo "demo: the webhook did not admit pods within 60s (kubectl -n infermesh-system logs deploy/infermesh-webhook)" >&2; exit 1; }
+  sleep 1
+done
+k delete namespace infermesh-admission-probe --wait=false >/dev/null
 
 # The examples as they are, or moved to DEMO_NAMESPACE by a generated kustomization.
 EX="${REPO_ROOT}/examples/manifests"

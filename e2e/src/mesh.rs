@@ -60,6 +60,53 @@ pub fn into_namespace(docs: &[Value], ns: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Namespace where [`wait_admission_path`] tries a pod; injection is on there.
+const ADMISSION_PROBE_NS: &str = "infermesh-admission-probe";
+
+/// Waits until the API server can call the webhook through its Service. Right after the rollout
+/// the Service may still refuse connections for a moment (the node's proxy has not programmed it
+/// yet), and a pod created in an injecting namespace then fails. A server-side dry run of a pod in
+/// such a namespace goes through the whole admission path without creating anything.
+pub fn wait_admission_path() -> Result<(), String> {
+    let ns = ADMISSION_PROBE_NS;
+    let _ = kubectl(&["create", "namespace", ns], None);
+    run(&[
+        "label",
+        "namespace",
+        ns,
+        "infermesh.io/inject=enabled",
+        "--overwrite",
+    ])?;
+    run(&[
+        "annotate",
+        "namespace",
+        ns,
+        "infermesh.io/inject=enabled",
+        "--overwrite",
+    ])?;
+    let probe = [
+        "-n",
+        ns,
+        "run",
+        "admission-probe",
+        "--image=infermesh/pause:0.1.0",
+        "--restart=Never",
+        "--dry-run=server",
+        "-o",
+        "name",
+    ];
+    let admitted = wait_for(Duration::from_secs(60), || {
+        kubectl(&probe, None).status.success().then_some(())
+    });
+    let _ = kubectl(&["delete", "namespace", ns, "--wait=false"], None);
+    admitted.ok_or_else(|| {
+        format!(
+            "pods in an injecting namespace were still refused 60s after the rollout:\n{}",
+            system_pods()
+        )
+    })
+}
+
 /// infermesh installed with `kubectl apply -k deploy/`; uninstalled by [`Install::uninstall`] or
 /// on drop.
 pub struct Install {
@@ -106,6 +153,7 @@ impl Install {
             (!out.stdout.is_empty()).then_some(())
         })
         .ok_or("the webhook did not write caBundle into its configuration within 60s")?;
+        wait_admission_path()?;
         Ok(me)
     }
 
