@@ -49,7 +49,7 @@ images: deps
 
 # e2e tests run one at a time: they share one small node.
 e2e:
-	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_PATH)} cargo test -p infermesh-e2e --locked -- --test-threads=1
+	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_PATH)} cargo test -p infermesh-e2e --locked --no-fail-fast -- --test-threads=1
 
 verify-down:
 	@hack/cluster/verify-down
