@@ -2,7 +2,8 @@
 # Instructions per request of the sidecar's hot path, next to the backend's own (the `direct`
 # baseline), counted by callgrind: repeatable on a busy machine, unlike wall-clock figures.
 #
-#   bench/profile.sh [requests]        (default 20000; needs valgrind and oha)
+#   bench/profile.sh [requests]        (default 20000; needs valgrind and oha; NO_BUILD=1 reuses
+#                                      the last build, CARGO_FEATURES=mimalloc profiles with it)
 #
 # Builds with debug line tables (no LTO, for build speed: compare figures of this script only, not
 # with the release build's), starts two benchmark backends and the sidecar with the bench's
@@ -12,16 +13,20 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N=${1:-20000}
-BASE=${BENCH_BASE_PORT:-38080}
+# Below the ephemeral range (32768-60999), where a busy machine's client sockets would collide.
+BASE=${BENCH_BASE_PORT:-24080}
 STABLE=$((BASE + 1)) CANARY=$((BASE + 2)) SIDECAR=$((BASE + 10))
 OUT=build/profile
 TARGET=${PROFILE_TARGET_DIR:-build/target-prof}
 mkdir -p "$OUT"
 
 if [[ -z ${NO_BUILD:-} ]]; then
+	features=()
+	[[ -n ${CARGO_FEATURES:-} ]] && features=(--features "infermesh-sidecar/$CARGO_FEATURES")
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
 		CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=false \
-		CARGO_TARGET_DIR=$TARGET cargo build --release -q -p infermesh-sidecar -p infermesh-bench
+		CARGO_TARGET_DIR=$TARGET cargo build --release -q -p infermesh-sidecar -p infermesh-bench \
+		"${features[@]}"
 fi
 BIN=$TARGET/release
 
