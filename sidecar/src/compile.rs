@@ -2,7 +2,7 @@
 //! counts, latency estimates, ejections), concurrency limiters and retry budgets are carried over
 //! from the previous table for everything that survives the reload.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::budget::RetryBudget;
 use crate::endpoint::{EndpointState, EwmaPolicy};
-use crate::hash::stable_hash;
+use crate::hash::{ConfigMap, stable_hash};
 use crate::limit::Limiter;
 use crate::metrics::Metrics;
 use crate::route::{Route, Schedule, ValueMatch};
@@ -60,7 +60,7 @@ pub fn compile(
     cx: &CompileContext<'_>,
 ) -> Result<RoutingTable, ConfigError> {
     let mut services = Vec::with_capacity(config.services.len());
-    let mut by_name = HashMap::new();
+    let mut by_name = ConfigMap::default();
     for (i, s) in config.services.iter().enumerate() {
         let key = s.name.to_ascii_lowercase();
         if by_name.insert(key, i).is_some() {

@@ -2,7 +2,8 @@
 //! cheap per-thread random source for load balancing and jitter.
 
 use std::cell::Cell;
-use std::hash::{BuildHasher, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 /// FNV-1a 64 followed by a 64-bit finaliser: deterministic across processes, so sticky cohorts and
 /// consistent hashing agree between sidecars.
@@ -14,6 +15,32 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     }
     mix(h)
 }
+
+/// FNV-1a as a [`Hasher`] for maps looked up on every request: on short keys far cheaper than
+/// SipHash. Only for keys that come from the config (a client cannot choose colliding entries).
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+}
+
+/// A `HashMap` keyed by config values, hashed with [`Fnv`].
+pub type ConfigMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 /// splitmix64 finaliser: spreads FNV's weak low bits.
 fn mix(mut z: u64) -> u64 {

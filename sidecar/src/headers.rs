@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::hash::random_u64;
 
@@ -18,6 +18,10 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers. `te: trailers` survives when `keep_te_trailers` (gRPC over HTTP/2
 /// needs it); any other `te` is dropped.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
+    // One pass over the names (compared by value, not hashed): most messages carry none of them.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         // Names listed in Connection are hop-by-hop too.
         let named: Vec<HeaderName> = h
@@ -59,6 +63,18 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TE
+        || n == header::TRANSFER_ENCODING
+        || n == header::UPGRADE
+        || n == header::TRAILER
+        || n == header::PROXY_AUTHORIZATION
+        || n == header::PROXY_AUTHENTICATE
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+}
+
 /// Per-connection values for the forwarding headers, computed once per client connection.
 #[derive(Clone, Debug)]
 pub struct Forwarding {
@@ -86,30 +102,31 @@ impl Forwarding {
     pub fn apply(&self, h: &mut HeaderMap, host: Option<&HeaderValue>) {
         append_list(h, &X_FORWARDED_FOR, &self.for_ip);
         append_list(h, &header::FORWARDED, &self.forwarded);
-        if !h.contains_key(&X_FORWARDED_PROTO) {
-            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        }
+        // `entry`: one hash per header instead of a lookup and an insert.
+        h.entry(&X_FORWARDED_PROTO)
+            .or_insert_with(|| HeaderValue::from_static("http"));
         if let Some(host) = host
-            && !h.contains_key(&X_FORWARDED_HOST)
+            && let Entry::Vacant(e) = h.entry(&X_FORWARDED_HOST)
         {
-            h.insert(X_FORWARDED_HOST.clone(), host.clone());
+            e.insert(host.clone());
         }
     }
 }
 
 /// Appends `v` to a comma-separated list header (one line, as proxies conventionally do).
 fn append_list(h: &mut HeaderMap, name: &HeaderName, v: &HeaderValue) {
-    match h.get(name) {
-        None => {
-            h.insert(name.clone(), v.clone());
+    match h.entry(name) {
+        Entry::Vacant(e) => {
+            e.insert(v.clone());
         }
-        Some(old) => {
+        Entry::Occupied(mut e) => {
+            let old = e.get();
             let mut joined = Vec::with_capacity(old.len() + 2 + v.len());
             joined.extend_from_slice(old.as_bytes());
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(v.as_bytes());
             if let Ok(j) = HeaderValue::from_bytes(&joined) {
-                h.insert(name.clone(), j);
+                e.insert(j);
             }
         }
     }
@@ -117,9 +134,9 @@ fn append_list(h: &mut HeaderMap, name: &HeaderName, v: &HeaderValue) {
 
 /// Sets a random 128-bit hex `x-request-id` unless the request carries one.
 pub fn ensure_request_id(h: &mut HeaderMap) {
-    if h.contains_key(&X_REQUEST_ID) {
+    let Entry::Vacant(e) = h.entry(&X_REQUEST_ID) else {
         return;
-    }
+    };
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
     let (a, b) = (random_u64(), random_u64());
@@ -128,7 +145,7 @@ pub fn ensure_request_id(h: &mut HeaderMap) {
         *byte = HEX[((word >> ((i % 16) * 4)) & 0xf) as usize];
     }
     if let Ok(v) = HeaderValue::from_bytes(&buf) {
-        h.insert(X_REQUEST_ID.clone(), v);
+        e.insert(v);
     }
 }
 

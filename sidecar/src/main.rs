@@ -6,6 +6,12 @@ use anyhow::Context;
 use clap::Parser;
 use infermesh_sidecar::Options;
 
+// With `--features mimalloc`: musl's malloc (the images are static musl builds) is slow; mimalloc
+// keeps per-thread free lists, at the price of ~4 MB more resident memory.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

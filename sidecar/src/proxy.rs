@@ -212,17 +212,19 @@ fn prepare_head(head: &mut Parts, conn: &ConnInfo, protocol: Protocol) {
     strip_hop_by_hop(&mut head.headers, protocol != Protocol::Http);
     let host = match head.headers.get(http::header::HOST) {
         Some(h) => Some(h.clone()),
-        None => head
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => {
+            let h = head
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if protocol == Protocol::Http
+                && let Some(h) = &h
+            {
+                head.headers.insert(http::header::HOST, h.clone());
+            }
+            h
+        }
     };
-    if protocol == Protocol::Http
-        && !head.headers.contains_key(http::header::HOST)
-        && let Some(h) = &host
-    {
-        head.headers.insert(http::header::HOST, h.clone());
-    }
     conn.forwarding.apply(&mut head.headers, host.as_ref());
     ensure_request_id(&mut head.headers);
 }

@@ -2,7 +2,6 @@
 //! validated. Regexes are compiled, header names parsed, weighted schedules and hash rings built, so
 //! the request path only reads. A table is immutable; a reload builds a new one (see `compile`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use infermesh_crds::mesh::{LoadBalancingPolicy, MeshConfig, Protocol, RetryOn};
 use crate::backoff::Backoff;
 use crate::budget::RetryBudget;
 use crate::endpoint::EndpointState;
+use crate::hash::ConfigMap;
 use crate::limit::Limiter;
 use crate::metrics::{ServiceMetrics, VariantMetrics};
 use crate::route::{Route, Schedule};
@@ -26,7 +26,7 @@ pub struct RoutingTable {
     pub config: MeshConfig,
     pub services: Vec<Arc<Service>>,
     /// Lower-cased service name → index in `services`.
-    pub(crate) by_name: HashMap<String, usize>,
+    pub(crate) by_name: ConfigMap<String, usize>,
 }
 
 impl RoutingTable {
@@ -36,7 +36,7 @@ impl RoutingTable {
             revision: String::new(),
             config: MeshConfig::default(),
             services: Vec::new(),
-            by_name: HashMap::new(),
+            by_name: ConfigMap::default(),
         }
     }
 
