@@ -61,26 +61,38 @@ impl TestNamespace {
     }
 }
 
+/// Runs a cleanup against the cluster from a `Drop`: on a thread with its own runtime and client,
+/// since the test's runtime is blocked in the drop (or unwinding). Waits for it to finish.
+pub fn cleanup_blocking<F, Fut>(cleanup: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok(client) = Client::try_default().await {
+                cleanup(client).await;
+            }
+        });
+    })
+    .join();
+}
+
 impl Drop for TestNamespace {
     /// Deletes the namespace even when the test failed half-way. The test's runtime is blocked
     /// in this drop, so the request goes through a client and runtime of its own.
     fn drop(&mut self) {
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(client) = Client::try_default().await {
-                    let api = Api::<Namespace>::all(client);
-                    let _ = api.delete(&name, &DeleteParams::background()).await;
-                }
-            });
-        })
-        .join();
+        cleanup_blocking(move |client| async move {
+            let api = Api::<Namespace>::all(client);
+            let _ = api.delete(&name, &DeleteParams::background()).await;
+        });
     }
 }
 

@@ -367,28 +367,16 @@ impl Drop for LocalWebhook {
             self.config_name.clone(),
             std::mem::take(&mut self.namespaces),
         );
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let Ok(client) = Client::try_default().await else {
-                    return;
-                };
-                let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-                delete_cluster_rbac(&client, &name).await;
-                let api = Api::<Namespace>::all(client);
-                for ns in namespaces {
-                    let _ = api.delete(&ns, &DeleteParams::background()).await;
-                }
-            });
-        })
-        .join();
+        crate::cleanup_blocking(move |client| async move {
+            let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+                .delete(&name, &DeleteParams::default())
+                .await;
+            delete_cluster_rbac(&client, &name).await;
+            let api = Api::<Namespace>::all(client);
+            for ns in namespaces {
+                let _ = api.delete(&ns, &DeleteParams::background()).await;
+            }
+        });
     }
 }
 
