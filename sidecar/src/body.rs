@@ -196,7 +196,7 @@ impl ProxyBody {
             (Some(i), Some(d)) => Some(i.min(d)),
             (i, d) => i.or(d),
         };
-        ProxyBody::Upstream(Box::new(UpstreamBody {
+        let mut body = UpstreamBody {
             timer: if inner.is_end_stream() {
                 None
             } else {
@@ -206,7 +206,13 @@ impl ProxyBody {
             idle,
             deadline,
             guard: Some(guard),
-        }))
+        };
+        // A response without a body (HEAD, 204, 304) is complete already; the server may never
+        // poll it.
+        if body.inner.is_end_stream() {
+            body.finish(true);
+        }
+        ProxyBody::Upstream(Box::new(body))
     }
 }
 
@@ -224,7 +230,11 @@ impl Body for ProxyBody {
         };
         match Pin::new(&mut u.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
-                if let (Some(t), Some(next)) = (
+                // The server stops polling once the body reports its end, so the last frame is
+                // where a known-length response completes.
+                if u.inner.is_end_stream() {
+                    u.finish(true);
+                } else if let (Some(t), Some(next)) = (
                     u.timer.as_mut(),
                     u.idle.and_then(|i| Instant::now().checked_add(i)),
                 ) {
@@ -274,9 +284,13 @@ impl Body for ProxyBody {
 }
 
 impl UpstreamBody {
+    /// Releases the request's bookkeeping; a complete response also frees its connection.
     fn finish(&mut self, complete: bool) {
-        if let Some(mut g) = self.guard.take() {
-            g.complete = complete;
+        self.timer = None;
+        if let Some(g) = self.guard.take()
+            && complete
+        {
+            g.complete();
         }
     }
 }

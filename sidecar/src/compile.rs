@@ -22,6 +22,7 @@ use crate::endpoint::{EndpointState, EwmaPolicy};
 use crate::hash::{ConfigMap, stable_hash};
 use crate::limit::Limiter;
 use crate::metrics::Metrics;
+use crate::pool::ConnPool;
 use crate::route::{Route, Schedule, ValueMatch};
 use crate::table::{Endpoint, RetryPolicy, RoutingTable, Service, Timeouts, Variant};
 
@@ -192,8 +193,13 @@ fn compile_service(
     }
 
     let old = previous.service(&name.to_ascii_lowercase());
-    let local = Authority::try_from(format!("127.0.0.1:{}", s.port).as_str())
+    let local_authority = Authority::try_from(format!("127.0.0.1:{}", s.port).as_str())
         .map_err(|e| invalid(name, format!("port: {e}")))?;
+    // Idle connections survive a reload as long as their address does.
+    let local = match old {
+        Some(o) if *o.local.authority() == local_authority => o.local.clone(),
+        _ => ConnPool::new(local_authority),
+    };
     let limits = c.max_in_flight_per_endpoint.map(|max| {
         (
             max,
@@ -247,7 +253,7 @@ fn compile_variant(
     s: &ServiceConfig,
     v: &VariantConfig,
     old: Option<&Variant>,
-    local: &Authority,
+    local: &Arc<ConnPool>,
     limits: Option<(u32, u32, Duration)>,
     cx: &CompileContext<'_>,
 ) -> Result<Variant, ConfigError> {
@@ -272,11 +278,15 @@ fn compile_variant(
         }
         let old_e = old.and_then(|o| o.endpoints.iter().find(|oe| oe.address == e.address));
         let is_local = cx.pod_ip == Some(addr.ip());
-        let authority = if is_local {
+        let conns = if is_local {
             local.clone()
         } else {
-            Authority::try_from(addr.to_string().as_str())
-                .map_err(|err| invalid(name, format!("endpoint {}: {err}", e.address)))?
+            let authority = Authority::try_from(addr.to_string().as_str())
+                .map_err(|err| invalid(name, format!("endpoint {}: {err}", e.address)))?;
+            match old_e {
+                Some(o) if *o.conns.authority() == authority => o.conns.clone(),
+                _ => ConnPool::new(authority),
+            }
         };
         let state = old_e
             .map(|o| o.state.clone())
@@ -295,7 +305,7 @@ fn compile_variant(
             );
         endpoints.push(Endpoint {
             address: e.address.clone(),
-            authority,
+            conns,
             meshed: e.meshed && !is_local,
             state,
             limiter,

@@ -23,12 +23,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::body::{ProxyBody, ReqBody};
+use crate::bound::{until, within_opt};
 use crate::endpoint::{EjectionPolicy, EwmaPolicy, InFlight};
 use crate::errors::ProxyError;
 use crate::forward::{self, ROUTED, Upstream};
 use crate::headers::{Forwarding, ensure_request_id, strip_hop_by_hop};
 use crate::identify;
-use crate::retry::{error_chain, within_opt};
+use crate::pool::Lent;
+use crate::retry::error_chain;
 use crate::store::ConfigStore;
 use crate::table::{Service, Variant};
 
@@ -52,14 +54,15 @@ pub struct Proxy {
 }
 
 /// One request's bookkeeping, released when the response stream ends (or the client leaves):
-/// in-flight gauge, latency histogram, the endpoint's in-flight count and concurrency slot.
+/// in-flight gauge, latency histogram, the endpoint's in-flight count and concurrency slot, and
+/// the upstream connection, which goes back to its pool only after a complete response.
 pub struct RequestGuard {
     service: Arc<Service>,
     variant: Option<usize>,
     start: Instant,
-    pub(crate) complete: bool,
-    pub(crate) in_flight: Option<InFlight>,
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    in_flight: Option<InFlight>,
+    permit: Option<OwnedSemaphorePermit>,
+    conn: Option<Lent>,
 }
 
 impl RequestGuard {
@@ -71,9 +74,28 @@ impl RequestGuard {
             service,
             variant,
             start: Instant::now(),
-            complete: false,
             in_flight: None,
             permit: None,
+            conn: None,
+        }
+    }
+
+    /// Keeps what the chosen try holds until the response ends.
+    pub(crate) fn hold(
+        &mut self,
+        in_flight: InFlight,
+        permit: Option<OwnedSemaphorePermit>,
+        conn: Option<Lent>,
+    ) {
+        self.in_flight = Some(in_flight);
+        self.permit = permit;
+        self.conn = conn;
+    }
+
+    /// The response body was read to the end: its connection can serve another request.
+    pub(crate) fn complete(mut self) {
+        if let Some(c) = self.conn.take() {
+            c.release();
         }
     }
 
@@ -86,6 +108,7 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.in_flight.take();
         self.permit.take();
+        self.conn.take();
         if let Some(v) = self.variant.map(|v| &self.service.variants[v]) {
             v.metrics.in_flight.dec();
             v.metrics
@@ -139,7 +162,7 @@ impl Proxy {
             .timeouts
             .request
             .and_then(|d| Instant::now().checked_add(d));
-        let result = within(
+        let result = until(
             deadline,
             self.dispatch(&svc, vi, &mut head, body, &mut guard),
         )
@@ -169,7 +192,7 @@ impl Proxy {
             return ProxyError::UnknownService(name.to_owned()).into_response();
         };
         let vi = svc.variants.iter().position(|v| v.name == variant);
-        let guard = RequestGuard::new(svc.clone(), vi);
+        let mut guard = RequestGuard::new(svc.clone(), vi);
         prepare_head(&mut head, conn, svc.protocol);
         let deadline = svc
             .timeouts
@@ -180,21 +203,22 @@ impl Proxy {
                 &mut head,
                 true,
                 svc.protocol,
-                &svc.local,
+                svc.local.authority(),
                 None,
                 ReqBody::Stream(body),
             );
             let sent = Instant::now();
             match within_opt(
                 svc.timeouts.first_byte,
-                self.upstream.send(svc.protocol, req),
+                self.upstream.send(svc.protocol, &svc.local, req),
             )
             .await
             {
-                Some(Ok(resp)) => {
+                Some(Ok((resp, lent))) => {
                     if let Some(v) = guard.variant() {
                         v.metrics.ttfb.observe(sent.elapsed().as_secs_f64());
                     }
+                    guard.conn = lent;
                     Ok(resp)
                 }
                 Some(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
@@ -202,7 +226,7 @@ impl Proxy {
                 None => Err(ProxyError::Timeout),
             }
         };
-        let result = within(deadline, send).await;
+        let result = until(deadline, send).await;
         respond(result, guard, deadline)
     }
 }
@@ -258,15 +282,30 @@ fn respond(
     }
 }
 
-/// Runs `f` until `deadline`, if any; a miss is an upstream timeout.
-async fn within<T>(
-    deadline: Option<Instant>,
-    f: impl Future<Output = Result<T, ProxyError>>,
-) -> Result<T, ProxyError> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, f)
-            .await
-            .unwrap_or(Err(ProxyError::Timeout)),
-        None => f.await,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, F>(_: &impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every in-flight request holds this future, and every move of it copies it whole.
+    #[test]
+    fn a_request_future_stays_within_4_kib() {
+        let store = ConfigStore::new(
+            Arc::new(crate::metrics::Metrics::new()),
+            None,
+            EwmaPolicy::default(),
+        );
+        let proxy = Arc::new(Proxy {
+            store: Arc::new(store),
+            upstream: Upstream::new(std::time::Duration::from_secs(1)),
+            ejection: EjectionPolicy::default(),
+            ewma: EwmaPolicy::default(),
+        });
+        let size =
+            future_size(&move |c: Arc<ConnInfo>, r: Request<Incoming>| proxy.clone().handle(c, r));
+        assert!(size <= 4096, "{size} bytes");
     }
 }

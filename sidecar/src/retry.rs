@@ -13,14 +13,16 @@ use tokio::time::Instant;
 
 use crate::balance::Tried;
 use crate::body::{self, Prepared, ReqBody};
+use crate::bound::within_opt;
 use crate::errors::ProxyError;
 use crate::forward;
+use crate::pool::Lent;
 use crate::proxy::{Proxy, RequestGuard};
 use crate::table::{Endpoint, Service, Variant};
 
 /// Why a try did not produce the response to return.
 enum Failure {
-    Status(Response<Incoming>),
+    Status(Response<Incoming>, Option<Lent>),
     Connect(String),
     Reset(String),
     Timeout,
@@ -88,13 +90,24 @@ impl Proxy {
                     .unwrap_or_else(|| ReqBody::replay(&Default::default(), &None)),
             };
             let routed = ep.meshed.then_some(&variant.routed);
-            let req = forward::build(head, !more, svc.protocol, &ep.authority, routed, try_body);
+            let req = forward::build(
+                head,
+                !more,
+                svc.protocol,
+                ep.conns.authority(),
+                routed,
+                try_body,
+            );
             let in_flight = ep.state.start();
             let sent = Instant::now();
-            let outcome = within_opt(head_timeout, self.upstream.send(svc.protocol, req)).await;
+            let outcome = within_opt(
+                head_timeout,
+                self.upstream.send(svc.protocol, &ep.conns, req),
+            )
+            .await;
             let now = Instant::now();
             let failure = match outcome {
-                Some(Ok(resp)) => {
+                Some(Ok((resp, lent))) => {
                     let status = resp.status().as_u16();
                     ep.state.observe_rtt(now, now - sent, &self.ewma);
                     variant.metrics.ttfb.observe((now - sent).as_secs_f64());
@@ -109,11 +122,10 @@ impl Proxy {
                         ep.state.hold_for(now, d);
                     }
                     if !(more && idempotent && policy.retries_status(status)) {
-                        guard.in_flight = Some(in_flight);
-                        guard.permit = permit;
+                        guard.hold(in_flight, permit, lent);
                         return Ok(resp);
                     }
-                    Failure::Status(resp)
+                    Failure::Status(resp, lent)
                 }
                 Some(Err(e)) => {
                     self.failed(ep, variant, now);
@@ -130,7 +142,7 @@ impl Proxy {
             };
             let mut retry = more
                 && match &failure {
-                    Failure::Status(_) => true,
+                    Failure::Status(..) => true,
                     Failure::Connect(_) => policy.on_connect_failure,
                     Failure::Reset(_) => policy.on_reset && idempotent,
                     Failure::Timeout => policy.retries_timeout() && idempotent,
@@ -149,9 +161,8 @@ impl Proxy {
             }
             if !retry {
                 return match failure {
-                    Failure::Status(resp) => {
-                        guard.in_flight = Some(in_flight);
-                        guard.permit = permit;
+                    Failure::Status(resp, lent) => {
+                        guard.hold(in_flight, permit, lent);
                         Ok(resp)
                     }
                     Failure::Connect(e) => Err(ProxyError::Connect(e)),
@@ -173,14 +184,6 @@ impl Proxy {
             tracing::warn!(endpoint = %ep.address, variant = %variant.name, ejected_for = ?d,
                 "endpoint ejected after consecutive failures");
         }
-    }
-}
-
-/// `None` when the timeout fired.
-pub(crate) async fn within_opt<T>(t: Option<Duration>, f: impl Future<Output = T>) -> Option<T> {
-    match t {
-        Some(t) => tokio::time::timeout(t, f).await.ok(),
-        None => Some(f.await),
     }
 }
 

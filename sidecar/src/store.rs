@@ -118,12 +118,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn endpoint_state_survives_a_reload() {
+    async fn endpoint_state_and_connections_survive_a_reload() {
         let s = ConfigStore::new(Arc::new(Metrics::new()), None, EwmaPolicy::default());
         s.apply_json(GOOD.as_bytes(), "test").unwrap();
-        let old = s.current().services[0].variants[0].endpoints[0]
-            .state
-            .clone();
+        let (old, old_conns, old_local) = {
+            let t = s.current();
+            let ep = &t.services[0].variants[0].endpoints[0];
+            (
+                ep.state.clone(),
+                ep.conns.clone(),
+                t.services[0].local.clone(),
+            )
+        };
         let _busy = old.start();
         let next = GOOD.replace("r1", "r2").replace(
             r#"[{"address":"127.0.0.1:9000"}]"#,
@@ -133,8 +139,19 @@ mod tests {
         let t = s.current();
         let eps = &t.services[0].variants[0].endpoints;
         assert!(Arc::ptr_eq(&eps[0].state, &old));
+        assert!(Arc::ptr_eq(&eps[0].conns, &old_conns));
+        assert!(Arc::ptr_eq(&t.services[0].local, &old_local));
+        assert_eq!(eps[1].conns.authority().as_str(), "127.0.0.1:9001");
         assert_eq!(eps[0].state.in_flight(), 1);
         assert_eq!(eps[1].state.in_flight(), 0);
+        // A new port is a new address: its local connections start afresh.
+        let moved = next
+            .replace("r2", "r3")
+            .replace("\"port\":8000", "\"port\":8001");
+        s.apply_json(moved.as_bytes(), "test").unwrap();
+        let t = s.current();
+        assert!(!Arc::ptr_eq(&t.services[0].local, &old_local));
+        assert_eq!(t.services[0].local.authority().as_str(), "127.0.0.1:8001");
     }
 
     #[tokio::test]

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use http::header::HeaderName;
-use http::uri::Authority;
 use infermesh_crds::mesh::{LoadBalancingPolicy, MeshConfig, Protocol, RetryOn};
 
 use crate::backoff::Backoff;
@@ -17,6 +16,7 @@ use crate::endpoint::EndpointState;
 use crate::hash::ConfigMap;
 use crate::limit::Limiter;
 use crate::metrics::{ServiceMetrics, VariantMetrics};
+use crate::pool::ConnPool;
 use crate::route::{Route, Schedule};
 
 #[derive(Debug)]
@@ -51,8 +51,8 @@ pub struct Service {
     pub namespace: String,
     pub port: u16,
     pub protocol: Protocol,
-    /// `127.0.0.1:port`: where local delivery goes.
-    pub local: Authority,
+    /// Connections to `127.0.0.1:<port>`: where local delivery goes.
+    pub local: Arc<ConnPool>,
     pub variants: Vec<Variant>,
     pub routes: Vec<Route>,
     pub sticky_header: Option<HeaderName>,
@@ -81,8 +81,9 @@ pub struct Variant {
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: String,
-    /// Where to connect: the endpoint itself, or `127.0.0.1:<service port>` when it is this pod.
-    pub authority: Authority,
+    /// Where to connect, and the connections kept there: the endpoint itself, or the service's
+    /// local pool (`127.0.0.1:<service port>`) when the endpoint is this pod.
+    pub conns: Arc<ConnPool>,
     /// Send the request with `x-infermesh-routed` (the peer's sidecar delivers it).
     pub meshed: bool,
     pub state: Arc<EndpointState>,

@@ -65,6 +65,12 @@ async fn split_90_10_over_10000_requests_is_within_one_percent() {
     assert_eq!(v1 + v2, 10_000, "{v:?}");
     assert!((8_900..=9_100).contains(&v1), "{v:?}");
     assert!((900..=1_100).contains(&v2), "{v:?}");
+    // Upstream connections are kept alive: at most one per concurrent request and backend.
+    let conns = (
+        a.conns.load(Ordering::SeqCst),
+        b.conns.load(Ordering::SeqCst),
+    );
+    assert!(conns.0 <= 16 && conns.1 <= 16, "{conns:?}");
     // Per-variant choices are visible in the metrics.
     let (_, m) = admin(&s.sidecar, "/metrics").await;
     assert!(

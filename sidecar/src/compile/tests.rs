@@ -33,10 +33,10 @@ async fn compiles_hosts_routes_and_local_endpoints() {
     assert_eq!(s.sticky_header.as_ref().unwrap().as_str(), "x-session");
     let eps = &s.variants[0].endpoints;
     assert!(eps[0].meshed);
-    assert_eq!(eps[0].authority.as_str(), "10.0.0.1:15006");
+    assert_eq!(eps[0].conns.authority().as_str(), "10.0.0.1:15006");
     // This pod's own endpoint goes to the local model directly.
     assert!(!eps[1].meshed);
-    assert_eq!(eps[1].authority.as_str(), "127.0.0.1:8000");
+    assert_eq!(eps[1].conns.authority().as_str(), "127.0.0.1:8000");
     assert_eq!(s.variants[0].routed, "llm/stable");
 }
 

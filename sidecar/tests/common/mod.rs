@@ -49,6 +49,8 @@ pub enum Mode {
 pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicUsize>,
     /// Headers of the last request received.
     pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
 }
@@ -61,13 +63,15 @@ pub async fn backend(version: &'static str, mode: Mode) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(AtomicUsize::new(0));
     let last_headers = Arc::new(Mutex::new(None));
-    let (h, lh) = (hits.clone(), last_headers.clone());
+    let (h, lh, accepted) = (hits.clone(), last_headers.clone(), conns.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let (hits, last, mode) = (h.clone(), lh.clone(), mode.clone());
             tokio::spawn(async move {
                 if let Mode::Reset = mode {
@@ -156,6 +160,7 @@ pub async fn backend(version: &'static str, mode: Mode) -> Backend {
     Backend {
         addr,
         hits,
+        conns,
         last_headers,
     }
 }
