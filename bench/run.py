@@ -9,7 +9,10 @@ measured the same way:
   * HTTP/2 throughput with h2load (h2c prior knowledge, 64 connections x 10 streams);
   * SSE: time to first byte and per-chunk delay of event streams (infermesh-bench sse).
 Fairness: the load generator is pinned to CPU 0; the proxy (one worker each) and the backends share
-CPU 1; access logs are off everywhere; every proxy keeps connections to the backends alive.
+CPU 1; access logs are off everywhere; every proxy keeps connections to the backends alive; and every
+proxy does the sidecar's header work: keep Host, append X-Forwarded-For and Forwarded, set
+X-Forwarded-Proto, X-Forwarded-Host and an X-Request-ID when absent (so the backends parse the same
+requests, too).
 Results: a table on stdout and build/bench/results-<time>.json.
 """
 
@@ -169,9 +172,14 @@ defaults
     retry-on conn-failure empty-response 503
     http-reuse always
     option http-no-delay
+    option forwardfor
 frontend bench
     bind 127.0.0.1:{PORTS['haproxy']}
     bind 127.0.0.1:{H2_PORTS['haproxy']} proto h2
+    http-request add-header Forwarded "for=%[src];proto=http"
+    http-request set-header X-Forwarded-Proto http unless {{ req.hdr(x-forwarded-proto) -m found }}
+    http-request set-header X-Forwarded-Host %[req.hdr(host)] unless {{ req.hdr(x-forwarded-host) -m found }}
+    http-request set-header X-Request-ID %[uuid] unless {{ req.hdr(x-request-id) -m found }}
     default_backend models
 backend models
     balance roundrobin
@@ -199,6 +207,13 @@ http {{
         server 127.0.0.1:{PORTS['canary']} weight=1;
         keepalive 128;
     }}
+    map $http_x_request_id $request_id_out {{ "" $request_id; default $http_x_request_id; }}
+    map $http_x_forwarded_proto $forwarded_proto_out {{ "" $scheme; default $http_x_forwarded_proto; }}
+    map $http_x_forwarded_host $forwarded_host_out {{ "" $http_host; default $http_x_forwarded_host; }}
+    map $http_forwarded $forwarded_out {{
+        "" "for=$remote_addr;proto=$scheme";
+        default "$http_forwarded, for=$remote_addr;proto=$scheme";
+    }}
     server {{
         listen 127.0.0.1:{PORTS['nginx']};
         listen 127.0.0.1:{H2_PORTS['nginx']} http2;
@@ -206,6 +221,12 @@ http {{
             proxy_pass http://models;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header Forwarded $forwarded_out;
+            proxy_set_header X-Forwarded-Proto $forwarded_proto_out;
+            proxy_set_header X-Forwarded-Host $forwarded_host_out;
+            proxy_set_header X-Request-ID $request_id_out;
             proxy_next_upstream error timeout http_503;
             proxy_next_upstream_tries 3;
             proxy_buffering off;

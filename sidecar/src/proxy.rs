@@ -231,8 +231,14 @@ impl Proxy {
     }
 }
 
+/// x-forwarded-{for,proto,host}, forwarded, x-request-id, host, x-infermesh-routed.
+const ADDED_HEADERS: usize = 7;
+
 /// Step 4: hop-by-hop headers out, forwarding headers and request id in, Host kept.
 fn prepare_head(head: &mut Parts, conn: &ConnInfo, protocol: Protocol) {
+    // Room for the headers added below and the routed marker, so the map grows once, not per
+    // insert (a parsed request's map is sized to the headers it arrived with).
+    head.headers.reserve(ADDED_HEADERS);
     strip_hop_by_hop(&mut head.headers, protocol != Protocol::Http);
     let host = match head.headers.get(http::header::HOST) {
         Some(h) => Some(h.clone()),
