@@ -150,7 +150,10 @@ impl ConnPool {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        // Flat writes, as on the listener side (see `listener`).
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| SendError::Handshake {
                 authority: authority.clone(),
