@@ -5,7 +5,8 @@ Every scenario proxies to the same two backends (`stable` 90 %, `canary` 10 %, r
 measured the same way:
   * throughput: wrk, 1 thread, 64 connections, median of --reps runs after a warm-up;
   * latency at a fixed moderate rate: oha (-q), p50/p99/p99.9, and the latency added over `direct`;
-  * CPU seconds per 100k requests and peak RSS of the proxy process (from /proc);
+  * CPU seconds per 100k requests and RSS of the proxy process (from /proc): idle, peak under the
+    HTTP/1.1 runs (64 connections), and peak overall (after h2load's 640 concurrent streams);
   * HTTP/2 throughput with h2load (h2c prior knowledge, 64 connections x 10 streams);
   * SSE: time to first byte and per-chunk delay of event streams (infermesh-bench sse).
 Fairness: the load generator is pinned to CPU 0; the proxy (one worker each) and the backends share
@@ -345,6 +346,8 @@ def measure(name, proxy, args):
         lat.append(pct)
     result["latencyUs"] = {k: statistics.median(l[k] for l in lat) for k in ("p50", "p99", "p99.9")}
     result["latencySuccessRate"] = success
+    # Peak so far: HTTP/1.1 at 64 connections and the fixed-rate run; h2load's 640 streams follow.
+    result["loadedRssKb"] = rss_kb(pid, "VmHWM") if pid else None
     rps2, failed2 = h2load(H2_PORTS[name], args.duration)
     result["h2"] = {"rps": rps2, "failed": failed2}
     result["sse"] = sse(port, args.sse_streams)
@@ -361,7 +364,7 @@ def report(results, args):
     best_peer_rps = max((p["throughput"]["rps"] for p in peers), default=None)
     rows = []
     header = ["scenario", "req/s@64c", "x direct", "x best peer", "p50 µs", "p99 µs", "p99.9 µs", "+p50 µs", "+p99 µs",
-              "cpu s/100k", "idle MB", "peak MB", "h2 req/s", "sse ttfb µs", "+ttfb µs", "chunk p99 µs", "batched"]
+              "cpu s/100k", "idle MB", "64c MB", "peak MB", "h2 req/s", "sse ttfb µs", "+ttfb µs", "chunk p99 µs", "batched"]
     for name, r in results.items():
         t, l, s = r["throughput"], r["latencyUs"], r["sse"]
 
@@ -376,6 +379,7 @@ def report(results, args):
             f"{l['p50']:.0f}", f"{l['p99']:.0f}", f"{l['p99.9']:.0f}", added("p50"), added("p99"),
             f"{t['cpuSecondsPer100k']:.2f}" if t["cpuSecondsPer100k"] is not None else "-",
             f"{r['idleRssKb'] / 1024:.1f}" if r["idleRssKb"] else "-",
+            f"{r['loadedRssKb'] / 1024:.1f}" if r["loadedRssKb"] else "-",
             f"{r['peakRssKb'] / 1024:.1f}" if r["peakRssKb"] else "-",
             f"{r['h2']['rps']:.0f}",
             f"{s['ttfbUs']['p50']:.0f}",
