@@ -393,10 +393,46 @@ def report(results, args):
     errors = {n: r["throughput"]["errors"] for n, r in results.items() if r["throughput"]["errors"]}
     if errors:
         print(f"errors during throughput runs: {errors}")
+    goals = check_goals(results)
+    for goal, (met, figure) in goals.items():
+        print(f"goal {'met    ' if met else 'not met'}  {goal}: {figure}")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / time.strftime("results-%Y%m%dT%H%M%S.json")
-    path.write_text(json.dumps({"settings": vars(args), "cpus": os.cpu_count(), "results": results}, indent=2))
+    document = {"settings": vars(args), "cpus": os.cpu_count(), "results": results,
+                "goals": {g: {"met": m, "figure": f} for g, (m, f) in goals.items()}}
+    path.write_text(json.dumps(document, indent=2))
     print(f"results written to {path.relative_to(ROOT)}")
+
+
+def check_goals(results):
+    """The sidecar's targets, judged on this run: {goal: (met, figure)}. Needs direct, infermesh and
+    at least one peer; otherwise empty."""
+    me, direct = results.get("infermesh"), results.get("direct")
+    peers = {p: results[p] for p in ("haproxy", "nginx") if p in results}
+    if not (me and direct and peers):
+        return {}
+
+    def added(r, key):
+        return r["latencyUs"][key] - direct["latencyUs"][key]
+
+    best_rps = max(p["throughput"]["rps"] for p in peers.values())
+    best_p99 = min(added(p, "p99") for p in peers.values())
+    ttfb = me["sse"]["ttfbUs"]["p50"] - direct["sse"]["ttfbUs"]["p50"]
+
+    def mb(kb):
+        return kb / 1024
+
+    return {
+        "throughput >= every peer's": (me["throughput"]["rps"] >= best_rps,
+                                       f"{me['throughput']['rps']:.0f} vs best peer {best_rps:.0f} req/s"),
+        "added p99 <= best peer's": (added(me, "p99") <= best_p99, f"+{added(me, 'p99'):.0f} vs +{best_p99:.0f} us"),
+        "added p50 <= 60 us": (added(me, "p50") <= 60, f"+{added(me, 'p50'):.0f} us"),
+        "RSS under load (64 connections) <= 15 MB": (mb(me["loadedRssKb"]) <= 15, f"{mb(me['loadedRssKb']):.1f} MB"),
+        "RSS under h2load (640 streams) <= 15 MB": (mb(me["peakRssKb"]) <= 15, f"{mb(me['peakRssKb']):.1f} MB"),
+        "idle RSS <= 5 MB": (mb(me["idleRssKb"]) <= 5, f"{mb(me['idleRssKb']):.1f} MB"),
+        "SSE added time to first byte <= 100 us": (ttfb <= 100, f"+{ttfb:.0f} us"),
+        "SSE chunks never batched": (me["sse"]["batchedEvents"] == 0, f"{me['sse']['batchedEvents']} batched"),
+    }
 
 
 if __name__ == "__main__":
