@@ -95,6 +95,16 @@ fn review(namespace: &str) -> Bytes {
     )
 }
 
+/// Posts a review of a pod in `namespace`; the answer must be 200 with a JSON body.
+async fn reviewed(c: &mut Connection, namespace: &str) -> Value {
+    let (status, body) = c
+        .send(Method::POST, "/mutate", review(namespace))
+        .await
+        .expect("review");
+    assert_eq!(status, StatusCode::OK);
+    serde_json::from_slice(&body).expect("json")
+}
+
 #[tokio::test]
 async fn answers_reviews_health_metrics_and_bad_input() {
     let run = start("main", policy()).await;
@@ -102,21 +112,11 @@ async fn answers_reviews_health_metrics_and_bad_input() {
         .await
         .expect("connect");
 
-    let (status, body) = c
-        .send(Method::POST, "/mutate", review("ml"))
-        .await
-        .expect("review");
-    assert_eq!(status, StatusCode::OK);
-    let v: Value = serde_json::from_slice(&body).expect("json");
+    let v = reviewed(&mut c, "ml").await;
     assert_eq!(v["response"]["uid"], "u-1");
     assert_eq!(v["response"]["patchType"], "JSONPatch");
 
-    let (status, body) = c
-        .send(Method::POST, "/mutate", review("default"))
-        .await
-        .expect("review");
-    assert_eq!(status, StatusCode::OK);
-    let v: Value = serde_json::from_slice(&body).expect("json");
+    let v = reviewed(&mut c, "default").await;
     assert_eq!(v["response"]["allowed"], true);
 
     let (status, body) = c

@@ -118,18 +118,13 @@ pub fn response(endpoint: Endpoint, meta: &Meta, tokens: &[String], prompt_token
             }),
         ),
     };
-    json!({
-        "id": meta.id,
-        "object": object,
-        "created": meta.created,
-        "model": meta.model,
-        "choices": [choice],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens.saturating_add(completion_tokens),
-        },
-    })
+    let mut body = envelope(meta, object, choice);
+    body["usage"] = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens.saturating_add(completion_tokens),
+    });
+    body
 }
 
 /// One streamed chunk carrying token `index` of `total`; the last one carries the finish reason.
@@ -156,6 +151,11 @@ pub fn chunk(endpoint: Endpoint, meta: &Meta, token: &str, index: usize, total: 
             )
         }
     };
+    envelope(meta, object, choice)
+}
+
+/// The fields every response and chunk carry around its one choice.
+fn envelope(meta: &Meta, object: &str, choice: Value) -> Value {
     json!({
         "id": meta.id,
         "object": object,
