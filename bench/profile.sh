@@ -3,7 +3,7 @@
 # baseline), counted by callgrind: repeatable on a busy machine, unlike wall-clock figures.
 #
 #   bench/profile.sh [requests]        (default 20000; needs valgrind and oha; NO_BUILD=1 reuses
-#                                      the last build, CARGO_FEATURES=mimalloc profiles with it)
+#                                      the last build, CARGO_FEATURES=x adds sidecar features)
 #
 # Builds with debug line tables (no LTO, for build speed: compare figures of this script only, not
 # with the release build's), starts two benchmark backends and the sidecar with the bench's

@@ -9,11 +9,14 @@ measured the same way:
     HTTP/1.1 runs (64 connections), and peak overall (after h2load's 640 concurrent streams);
   * HTTP/2 throughput with h2load (h2c prior knowledge, 64 connections x 10 streams);
   * SSE: time to first byte and per-chunk delay of event streams (infermesh-bench sse).
+The sidecar is the image's binary (static musl, mimalloc); HAProxy and nginx are Debian's builds.
 Fairness: the load generator is pinned to CPU 0; the proxy (one worker each) and the backends share
 CPU 1; access logs are off everywhere; every proxy keeps connections to the backends alive; and every
 proxy does the sidecar's header work: keep Host, append X-Forwarded-For and Forwarded, set
 X-Forwarded-Proto, X-Forwarded-Host and an X-Request-ID when absent (so the backends parse the same
-requests, too).
+requests, too). infermesh and HAProxy hold at most MAX_PER_ENDPOINT requests in flight per backend
+and queue the rest (`concurrency` / `maxconn`); nginx has no such queue outside its commercial
+edition (its `max_conns` alone fails the excess with 502), so it runs without a limit.
 Results: a table on stdout and build/bench/results-<time>.json.
 """
 
@@ -32,7 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RELEASE = ROOT / "target" / "release"
+RELEASE = ROOT / "target" / "release"  # the backend and SSE probe (host target)
+# The sidecar as its image ships it: a static musl binary (hack/images.sh, hack/bench.sh).
+SIDECAR = ROOT / "target" / "x86_64-unknown-linux-musl" / "release" / "infermesh-sidecar"
 OUT_DIR = ROOT / "build" / "bench"
 HOST = "bench"  # the ModelService name: the Host header every client sends
 
@@ -48,6 +53,9 @@ PORTS = {
 H2_PORTS = {"direct": PORTS["stable"], "infermesh": PORTS["infermesh"], "haproxy": BASE_PORT + 21, "nginx": BASE_PORT + 22}
 SIDECAR_SPARE_PORTS = (BASE_PORT + 13, BASE_PORT + 14)  # outbound, admin
 LOADGEN_CPU = "0"
+# Requests in flight per backend for the proxies that can queue the rest (infermesh, HAProxy): a
+# one-core backend gains nothing from more, and each upstream connection costs the proxy memory.
+MAX_PER_ENDPOINT = 64
 SERVER_CPU = "1"
 
 
@@ -78,9 +86,9 @@ def main() -> int:
             "nginx": start_nginx,
         }
         chosen = args.only.split(",") if args.only else list(scenarios)
-        for binary in ("infermesh-bench", *(["infermesh-sidecar"] if "infermesh" in chosen else [])):
-            if not (RELEASE / binary).exists():
-                sys.exit(f"bench: {RELEASE / binary} missing: cargo build --release -p infermesh-sidecar -p infermesh-bench")
+        for binary in (RELEASE / "infermesh-bench", *([SIDECAR] if "infermesh" in chosen else [])):
+            if not binary.exists():
+                sys.exit(f"bench: {binary} missing: hack/bench.sh builds it")
         results = {}
         for name in chosen:
             starter = scenarios[name]
@@ -137,6 +145,11 @@ def start_infermesh(work: Path):
                     "budgetRatio": 0.2,
                     "budgetMinPerSecond": 10,
                 },
+                "concurrency": {
+                    "maxInFlightPerEndpoint": MAX_PER_ENDPOINT,
+                    "maxQueue": 4096,
+                    "queueTimeoutMs": 5000,
+                },
             }
         ],
     }
@@ -146,7 +159,7 @@ def start_infermesh(work: Path):
     return pinned(
         SERVER_CPU,
         [
-            str(RELEASE / "infermesh-sidecar"),
+            str(SIDECAR),
             "--config-file", str(path),
             "--inbound", f"127.0.0.1:{PORTS['infermesh']}",
             "--outbound", f"127.0.0.1:{SIDECAR_SPARE_PORTS[0]}",
@@ -168,6 +181,7 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    timeout queue 5s
     retries 2
     option redispatch 1
     retry-on conn-failure empty-response 503
@@ -184,8 +198,8 @@ frontend bench
     default_backend models
 backend models
     balance roundrobin
-    server stable 127.0.0.1:{PORTS['stable']} weight 90
-    server canary 127.0.0.1:{PORTS['canary']} weight 10
+    server stable 127.0.0.1:{PORTS['stable']} weight 90 maxconn {MAX_PER_ENDPOINT}
+    server canary 127.0.0.1:{PORTS['canary']} weight 10 maxconn {MAX_PER_ENDPOINT}
 """)
     return pinned(SERVER_CPU, ["haproxy", "-db", "-f", str(cfg)])
 

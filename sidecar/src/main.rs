@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Parser;
 use infermesh_sidecar::Options;
 
-// With `--features mimalloc`: musl's malloc (the images are static musl builds) is slow; mimalloc
-// keeps per-thread free lists, at the price of ~4 MB more resident memory.
+// The default `mimalloc` feature: musl's malloc (the images are static musl builds) is slow;
+// mimalloc keeps per-thread free lists (see sidecar/Cargo.toml).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
