@@ -4,6 +4,7 @@
 Every scenario proxies to the same two backends (`stable` 90 %, `canary` 10 %, retries on), and is
 measured the same way:
   * throughput: wrk, 1 thread, 64 connections, median of --reps runs after a warm-up;
+    all proxies run throughout, and repetitions go in rounds over them (noise hits all alike);
   * latency at a fixed moderate rate: oha (-q), p50/p99/p99.9, and the latency added over `direct`;
   * CPU seconds per 100k requests and RSS of the proxy process (from /proc): idle, peak under the
     HTTP/1.1 runs (64 connections), and peak overall (after h2load's 640 concurrent streams);
@@ -89,7 +90,10 @@ def main() -> int:
         for binary in (RELEASE / "infermesh-bench", *([SIDECAR] if "infermesh" in chosen else [])):
             if not binary.exists():
                 sys.exit(f"bench: {binary} missing: hack/bench.sh builds it")
-        results = {}
+        # Every proxy runs for the whole benchmark, and each measure takes its repetitions in
+        # rounds over all of them: a slow spell of the machine then hits every proxy alike
+        # instead of whichever one was being measured.
+        pids = {}
         for name in chosen:
             starter = scenarios[name]
             proxy = starter(work) if starter else None
@@ -98,11 +102,8 @@ def main() -> int:
             wait_port(PORTS[name])
             if proxy and proxy.poll() is not None:
                 sys.exit(f"bench: {name} exited at start (code {proxy.returncode})")
-            print(f"== {name}", file=sys.stderr, flush=True)
-            results[name] = measure(name, proxy, args)
-            if proxy:
-                stop(proxy)
-                procs.remove(proxy)
+            pids[name] = server_pid(proxy) if proxy else None
+        results = measure(pids, args)
         report(results, args)
     finally:
         for p in procs:
@@ -337,36 +338,45 @@ def sse(port, streams):
     return json.loads(text)
 
 
-def measure(name, proxy, args):
-    pid = server_pid(proxy)
-    port = PORTS[name]
-    result = {"idleRssKb": rss_kb(pid, "VmRSS") if pid else None}
-    wrk(port, 2)  # warm-up, excluded
-    runs = []
-    for _ in range(args.reps):
-        before = cpu_seconds(pid) if pid else 0.0
-        rps, total, errors = wrk(port, args.duration)
-        cpu = (cpu_seconds(pid) - before) if pid else 0.0
-        runs.append({"rps": rps, "requests": total, "errors": errors, "cpuPer100k": cpu / max(total, 1) * 1e5})
-    result["throughput"] = {
-        "rps": statistics.median(r["rps"] for r in runs),
-        "cpuSecondsPer100k": statistics.median(r["cpuPer100k"] for r in runs) if pid else None,
-        "errors": sum(r["errors"] for r in runs),
-        "runs": runs,
-    }
-    lat = []
-    for _ in range(args.reps):
-        pct, success = oha(port, args.rate, max(args.duration // 2, 4))
-        lat.append(pct)
-    result["latencyUs"] = {k: statistics.median(l[k] for l in lat) for k in ("p50", "p99", "p99.9")}
-    result["latencySuccessRate"] = success
-    # Peak so far: HTTP/1.1 at 64 connections and the fixed-rate run; h2load's 640 streams follow.
-    result["loadedRssKb"] = rss_kb(pid, "VmHWM") if pid else None
-    rps2, failed2 = h2load(H2_PORTS[name], args.duration)
-    result["h2"] = {"rps": rps2, "failed": failed2}
-    result["sse"] = sse(port, args.sse_streams)
-    result["peakRssKb"] = rss_kb(pid, "VmHWM") if pid else None
-    return result
+def measure(pids, args):
+    """All measures, for the scenarios in `pids` (name -> proxy pid, None for direct)."""
+    time.sleep(0.5)
+    results = {name: {"idleRssKb": rss_kb(pid, "VmRSS") if pid else None} for name, pid in pids.items()}
+    for name in pids:
+        wrk(PORTS[name], 2)  # warm-up, excluded
+    runs = {name: [] for name in pids}
+    lat = {name: [] for name in pids}
+    for rep in range(args.reps):
+        print(f"== throughput, round {rep + 1}/{args.reps}", file=sys.stderr, flush=True)
+        for name, pid in pids.items():
+            before = cpu_seconds(pid) if pid else 0.0
+            rps, total, errors = wrk(PORTS[name], args.duration)
+            cpu = (cpu_seconds(pid) - before) if pid else 0.0
+            runs[name].append({"rps": rps, "requests": total, "errors": errors, "cpuPer100k": cpu / max(total, 1) * 1e5})
+    for rep in range(args.reps):
+        print(f"== latency at {args.rate} req/s, round {rep + 1}/{args.reps}", file=sys.stderr, flush=True)
+        for name in pids:
+            pct, success = oha(PORTS[name], args.rate, max(args.duration // 2, 4))
+            lat[name].append(pct)
+            results[name]["latencySuccessRate"] = min(success, results[name].get("latencySuccessRate", 1.0))
+    for name, pid in pids.items():
+        r = results[name]
+        r["throughput"] = {
+            "rps": statistics.median(x["rps"] for x in runs[name]),
+            "cpuSecondsPer100k": statistics.median(x["cpuPer100k"] for x in runs[name]) if pid else None,
+            "errors": sum(x["errors"] for x in runs[name]),
+            "runs": runs[name],
+        }
+        r["latencyUs"] = {k: statistics.median(x[k] for x in lat[name]) for k in ("p50", "p99", "p99.9")}
+        # Peak so far: HTTP/1.1 at 64 connections and the fixed-rate runs; h2load's 640 streams follow.
+        r["loadedRssKb"] = rss_kb(pid, "VmHWM") if pid else None
+    print("== HTTP/2 and SSE", file=sys.stderr, flush=True)
+    for name, pid in pids.items():
+        rps2, failed2 = h2load(H2_PORTS[name], args.duration)
+        results[name]["h2"] = {"rps": rps2, "failed": failed2}
+        results[name]["sse"] = sse(PORTS[name], args.sse_streams)
+        results[name]["peakRssKb"] = rss_kb(pid, "VmHWM") if pid else None
+    return results
 
 
 # ---------------------------------------------------------------- report
