@@ -54,10 +54,10 @@ PORTS = {
 H2_PORTS = {"direct": PORTS["stable"], "infermesh": PORTS["infermesh"], "haproxy": BASE_PORT + 21, "nginx": BASE_PORT + 22}
 SIDECAR_SPARE_PORTS = (BASE_PORT + 13, BASE_PORT + 14)  # outbound, admin
 LOADGEN_CPU = "0"
+SERVER_CPU = "1"
 # Requests in flight per backend for the proxies that can queue the rest (infermesh, HAProxy): a
 # one-core backend gains nothing from more, and each upstream connection costs the proxy memory.
 MAX_PER_ENDPOINT = 64
-SERVER_CPU = "1"
 
 
 def main() -> int:
