@@ -44,6 +44,12 @@ fn pool(addr: SocketAddr) -> Arc<ConnPool> {
     ConnPool::new(Authority::try_from(addr.to_string().as_str()).unwrap())
 }
 
+/// A pool aimed at a fresh `server(close)`, with the server's accepted-connection count.
+async fn pool_to_server(close: bool) -> (Arc<ConnPool>, Arc<AtomicUsize>) {
+    let (addr, accepted) = server(close).await;
+    (pool(addr), accepted)
+}
+
 fn get() -> Request<ReqBody> {
     let mut req = Request::new(ReqBody::replay(&Bytes::new(), &None));
     req.headers_mut()
@@ -63,8 +69,7 @@ async fn exchange(pool: &Arc<ConnPool>, release: bool) -> String {
 
 #[tokio::test]
 async fn a_released_connection_serves_the_next_requests() {
-    let (addr, accepted) = server(false).await;
-    let p = pool(addr);
+    let (p, accepted) = pool_to_server(false).await;
     for _ in 0..5 {
         assert_eq!(exchange(&p, true).await, "ok");
     }
@@ -74,8 +79,7 @@ async fn a_released_connection_serves_the_next_requests() {
 
 #[tokio::test]
 async fn a_connection_not_released_is_not_reused() {
-    let (addr, accepted) = server(false).await;
-    let p = pool(addr);
+    let (p, accepted) = pool_to_server(false).await;
     exchange(&p, false).await;
     exchange(&p, false).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -84,8 +88,7 @@ async fn a_connection_not_released_is_not_reused() {
 
 #[tokio::test]
 async fn concurrent_requests_each_get_a_connection_and_all_come_back() {
-    let (addr, accepted) = server(false).await;
-    let p = pool(addr);
+    let (p, accepted) = pool_to_server(false).await;
     let (a, b) = tokio::join!(
         p.send(get(), Duration::from_secs(2)),
         p.send(get(), Duration::from_secs(2))
@@ -102,8 +105,7 @@ async fn concurrent_requests_each_get_a_connection_and_all_come_back() {
 
 #[tokio::test]
 async fn a_connection_the_server_closes_is_replaced() {
-    let (addr, accepted) = server(true).await;
-    let p = pool(addr);
+    let (p, accepted) = pool_to_server(true).await;
     for _ in 0..3 {
         assert_eq!(exchange(&p, true).await, "ok");
         // Let the connection task see the close before the next checkout.
