@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::detach;
 use crate::proxy::RequestGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,7 +27,7 @@ pub enum Prepared {
     /// Fully read: can be sent any number of times.
     Buffered {
         data: Bytes,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
     },
     /// Too large (or of unknown size beyond the bound): sent once.
     Stream(ReqBody),
@@ -54,14 +55,14 @@ pub async fn prepare(mut body: Incoming) -> Result<Prepared, hyper::Error> {
                 chunks.push_back(d);
                 if len > MAX_REPLAY {
                     return Ok(Prepared::Stream(ReqBody::Prefixed {
-                        head: chunks,
+                        head: Box::new(chunks),
                         rest: body,
                     }));
                 }
             }
             Err(frame) => {
                 if let Ok(t) = frame.into_trailers() {
-                    trailers = Some(t);
+                    trailers = Some(Box::new(t));
                 }
             }
         }
@@ -78,22 +79,23 @@ pub async fn prepare(mut body: Incoming) -> Result<Prepared, hyper::Error> {
     Ok(Prepared::Buffered { data, trailers })
 }
 
-/// The body sent upstream.
+/// The body sent upstream. Kept small (the rare parts boxed): every request sent on an upstream
+/// connection passes through hyper's dispatch channel, whose blocks hold 32 requests each.
 pub enum ReqBody {
     Replay {
         data: Option<Bytes>,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
     },
     Stream(Incoming),
     /// Chunks already read, then the rest of the stream.
     Prefixed {
-        head: VecDeque<Bytes>,
+        head: Box<VecDeque<Bytes>>,
         rest: Incoming,
     },
 }
 
 impl ReqBody {
-    pub fn replay(data: &Bytes, trailers: &Option<HeaderMap>) -> Self {
+    pub fn replay(data: &Bytes, trailers: &Option<Box<HeaderMap>>) -> Self {
         ReqBody::Replay {
             data: (!data.is_empty()).then(|| data.clone()),
             trailers: trailers.clone(),
@@ -113,7 +115,7 @@ impl Body for ReqBody {
             ReqBody::Replay { data, trailers } => Poll::Ready(
                 data.take()
                     .map(Frame::data)
-                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .or_else(|| trailers.take().map(|t| Frame::trailers(*t)))
                     .map(Ok),
             ),
             ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
@@ -240,7 +242,7 @@ impl Body for ProxyBody {
                 ) {
                     t.as_mut().reset(u.deadline.map_or(next, |d| d.min(next)));
                 }
-                Poll::Ready(Some(Ok(f)))
+                Poll::Ready(Some(Ok(f.map_data(detach::chunk))))
             }
             Poll::Ready(Some(Err(e))) => {
                 u.finish(false);
@@ -292,5 +294,18 @@ impl UpstreamBody {
         {
             g.complete();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request sent upstream is carried, body included, in hyper's dispatch channel, whose
+    /// blocks hold 32 of them per upstream connection.
+    #[test]
+    fn an_upstream_request_body_stays_small() {
+        let size = std::mem::size_of::<ReqBody>();
+        assert!(size <= 48, "{size} bytes");
     }
 }

@@ -15,6 +15,7 @@ pub mod body;
 pub mod bound;
 pub mod budget;
 pub mod compile;
+pub mod detach;
 pub mod endpoint;
 pub mod errors;
 pub mod forward;
