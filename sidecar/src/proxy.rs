@@ -308,7 +308,7 @@ mod tests {
 
     /// Every in-flight or queued request holds this future, and every move of it copies it whole.
     #[test]
-    fn a_request_future_stays_within_2_kib() {
+    fn a_request_future_stays_within_1280_bytes() {
         let store = ConfigStore::new(
             Arc::new(crate::metrics::Metrics::new()),
             None,
@@ -322,6 +322,6 @@ mod tests {
         });
         let size =
             future_size(&move |c: Arc<ConnInfo>, r: Request<Incoming>| proxy.clone().handle(c, r));
-        assert!(size <= 2048, "{size} bytes");
+        assert!(size <= 1280, "{size} bytes");
     }
 }

@@ -98,79 +98,83 @@ impl Proxy {
                 routed,
                 try_body,
             );
-            let in_flight = ep.state.start();
-            let sent = Instant::now();
-            let outcome = within_opt(
-                head_timeout,
-                self.upstream.send(svc.protocol, &ep.conns, req),
-            )
-            .await;
-            let now = Instant::now();
-            let failure = match outcome {
-                Some(Ok((resp, lent))) => {
-                    let status = resp.status().as_u16();
-                    ep.state.observe_rtt(now, now - sent, &self.ewma);
-                    variant.metrics.ttfb.observe((now - sent).as_secs_f64());
-                    if resp.status().is_server_error() {
+            // One try, in a block of its own: what it holds (the outcome, the failure) is gone
+            // before the backoff below, so a request's future does not carry it while it waits.
+            {
+                let in_flight = ep.state.start();
+                let sent = Instant::now();
+                let outcome = within_opt(
+                    head_timeout,
+                    self.upstream.send(svc.protocol, &ep.conns, req),
+                )
+                .await;
+                let now = Instant::now();
+                let failure = match outcome {
+                    Some(Ok((resp, lent))) => {
+                        let status = resp.status().as_u16();
+                        ep.state.observe_rtt(now, now - sent, &self.ewma);
+                        variant.metrics.ttfb.observe((now - sent).as_secs_f64());
+                        if resp.status().is_server_error() {
+                            self.failed(ep, variant, now);
+                        } else {
+                            ep.state.record_success(now);
+                        }
+                        if matches!(status, 429 | 503)
+                            && let Some(d) = retry_after(resp.headers())
+                        {
+                            ep.state.hold_for(now, d);
+                        }
+                        if !(more && idempotent && policy.retries_status(status)) {
+                            guard.hold(in_flight, permit, lent);
+                            return Ok(resp);
+                        }
+                        Failure::Status(resp, lent)
+                    }
+                    Some(Err(e)) => {
                         self.failed(ep, variant, now);
-                    } else {
-                        ep.state.record_success(now);
+                        if e.is_connect() {
+                            Failure::Connect(error_chain(&e))
+                        } else {
+                            Failure::Reset(error_chain(&e))
+                        }
                     }
-                    if matches!(status, 429 | 503)
-                        && let Some(d) = retry_after(resp.headers())
-                    {
-                        ep.state.hold_for(now, d);
+                    None => {
+                        self.failed(ep, variant, now);
+                        Failure::Timeout
                     }
-                    if !(more && idempotent && policy.retries_status(status)) {
-                        guard.hold(in_flight, permit, lent);
-                        return Ok(resp);
-                    }
-                    Failure::Status(resp, lent)
-                }
-                Some(Err(e)) => {
-                    self.failed(ep, variant, now);
-                    if e.is_connect() {
-                        Failure::Connect(error_chain(&e))
-                    } else {
-                        Failure::Reset(error_chain(&e))
-                    }
-                }
-                None => {
-                    self.failed(ep, variant, now);
-                    Failure::Timeout
-                }
-            };
-            let mut retry = more
-                && match &failure {
-                    Failure::Status(..) => true,
-                    Failure::Connect(_) => policy.on_connect_failure,
-                    Failure::Reset(_) => policy.on_reset && idempotent,
-                    Failure::Timeout => policy.retries_timeout() && idempotent,
                 };
-            if retry {
-                // Only to an endpoint in rotation: one held by Retry-After or ejected is not
-                // retried sooner, even when it is the only one.
-                chosen = svc
-                    .pick_endpoint(variant, &head.headers, tried, now)
-                    .filter(|i| variant.endpoints[*i].state.is_available(now));
-                retry = chosen.is_some();
+                let mut retry = more
+                    && match &failure {
+                        Failure::Status(..) => true,
+                        Failure::Connect(_) => policy.on_connect_failure,
+                        Failure::Reset(_) => policy.on_reset && idempotent,
+                        Failure::Timeout => policy.retries_timeout() && idempotent,
+                    };
+                if retry {
+                    // Only to an endpoint in rotation: one held by Retry-After or ejected is not
+                    // retried sooner, even when it is the only one.
+                    chosen = svc
+                        .pick_endpoint(variant, &head.headers, tried, now)
+                        .filter(|i| variant.endpoints[*i].state.is_available(now));
+                    retry = chosen.is_some();
+                }
+                if retry && !svc.budget.try_withdraw(now) {
+                    svc.metrics.budget_exhausted.inc();
+                    retry = false;
+                }
+                if !retry {
+                    return match failure {
+                        Failure::Status(resp, lent) => {
+                            guard.hold(in_flight, permit, lent);
+                            Ok(resp)
+                        }
+                        Failure::Connect(e) => Err(ProxyError::Connect(e)),
+                        Failure::Reset(e) => Err(ProxyError::Upstream(e)),
+                        Failure::Timeout => Err(ProxyError::Timeout),
+                    };
+                }
+                drop((failure, permit, in_flight));
             }
-            if retry && !svc.budget.try_withdraw(now) {
-                svc.metrics.budget_exhausted.inc();
-                retry = false;
-            }
-            if !retry {
-                return match failure {
-                    Failure::Status(resp, lent) => {
-                        guard.hold(in_flight, permit, lent);
-                        Ok(resp)
-                    }
-                    Failure::Connect(e) => Err(ProxyError::Connect(e)),
-                    Failure::Reset(e) => Err(ProxyError::Upstream(e)),
-                    Failure::Timeout => Err(ProxyError::Timeout),
-                };
-            }
-            drop((failure, permit, in_flight));
             svc.metrics.retries.inc();
             tokio::time::sleep(policy.backoff.delay(attempt)).await;
             attempt += 1;
