@@ -178,16 +178,7 @@ def start_infermesh(work: Path):
 
 
 def start_haproxy(work: Path):
-    cfg = work / "haproxy.cfg"
-    cfg.write_text(f"""
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
+    return run_haproxy(work, "haproxy", "http", f"""
     timeout queue 5s
     retries 2
     option redispatch 1
@@ -208,26 +199,30 @@ backend models
     server stable 127.0.0.1:{PORTS['stable']} weight 90 maxconn {MAX_PER_ENDPOINT}
     server canary 127.0.0.1:{PORTS['canary']} weight 10 maxconn {MAX_PER_ENDPOINT}
 """)
-    return pinned(SERVER_CPU, ["haproxy", "-db", "-f", str(cfg)])
 
 
 def start_tcp_relay(work: Path):
-    cfg = work / "tcp-relay.cfg"
-    cfg.write_text(f"""
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
+    return run_haproxy(work, "tcp-relay", "tcp", f"""
 frontend relay
     bind 127.0.0.1:{PORTS['tcp-relay']}
     default_backend stable
 backend stable
     server stable 127.0.0.1:{PORTS['stable']}
 """)
+
+
+def run_haproxy(work: Path, name: str, mode: str, rest: str):
+    """HAProxy with one thread in `mode`; `rest` continues its defaults section."""
+    cfg = work / f"{name}.cfg"
+    cfg.write_text(f"""
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode {mode}
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s{rest}""")
     return pinned(SERVER_CPU, ["haproxy", "-db", "-f", str(cfg)])
 
 
