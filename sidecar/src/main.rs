@@ -19,7 +19,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Pages mimalloc no longer uses go back to the OS after 1 ms rather than its default 10: a
 /// sidecar's memory counts in every pod, and under h2load's 640 streams this lowers the sidecar's
-/// peak RSS by ~0.8 MB with throughput unchanged (`make bench`). `MIMALLOC_PURGE_DELAY` still
+/// peak RSS by ~0.6 MB with throughput unchanged (`make bench`). `MIMALLOC_PURGE_DELAY` still
 /// overrides it.
 #[cfg(feature = "mimalloc")]
 #[allow(unsafe_code)]
