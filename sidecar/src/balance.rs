@@ -115,7 +115,9 @@ fn p2c(
 ) -> Option<usize> {
     let n = eps.len();
     let a = scan(eps, random_below(n), None, tried, level, now)?;
-    let Some(b) = scan(eps, random_below(n), Some(a), tried, level, now) else {
+    // Start the second draw uniformly among the others, so `a`'s successor is not favoured.
+    let start = (a + 1 + random_below(n - 1)) % n;
+    let Some(b) = scan(eps, start, Some(a), tried, level, now) else {
         return Some(a);
     };
     if cost(&eps[b]) < cost(&eps[a]) {

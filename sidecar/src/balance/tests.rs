@@ -42,12 +42,15 @@ async fn least_request_prefers_idle_endpoints() {
     let _busy: Vec<_> = (0..5).map(|_| eps[0].state.start()).collect();
     let _busy1: Vec<_> = (0..5).map(|_| eps[1].state.start()).collect();
     let h = HeaderMap::new();
-    let mut counts = [0; 3];
-    for _ in 0..300 {
+    let mut counts = [0u32; 3];
+    for _ in 0..3000 {
         counts[pick(&s, &h, Tried::default())] += 1;
     }
-    // P2C: the idle endpoint wins whenever it is one of the two draws (2/3 of the time at least).
-    assert!(counts[2] >= 180, "{counts:?}");
+    // P2C: the idle endpoint wins whenever it is one of the two distinct draws, 2/3 of the time
+    // (2000 expected, sd 26); a uniform pick would give it 1000. Ties go to the first draw, so
+    // the two busy endpoints share the rest evenly (500 each expected, sd 21).
+    assert!(counts[2] >= 1850, "{counts:?}");
+    assert!(counts[0].abs_diff(counts[1]) <= 250, "{counts:?}");
 }
 
 #[tokio::test]
