@@ -4,7 +4,7 @@
 //! for this method and outcome, a replayable body exists, an endpoint in rotation remains, and
 //! the retry budget has room. Nothing is retried once the response head has been returned.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::request::Parts;
 use http::{HeaderMap, Method, Response};
@@ -206,16 +206,22 @@ pub(crate) fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is ignored), capped at 5 minutes.
+/// `Retry-After` (RFC 9110 §10.2.3), capped at 5 minutes.
 pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = h
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs.min(300)))
+    retry_after_at(h, SystemTime::now())
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date, read at `now`; a date in the past is no delay.
+fn retry_after_at(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or_default(),
+    };
+    Some(d.min(Duration::from_secs(300)))
 }
 
 /// An error with its causes, for logs and reasons.
@@ -236,6 +242,33 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
+    fn retry_after_as_an_http_date() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        let at = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let before = |s| at - Duration::from_secs(s);
+        assert_eq!(retry_after_at(&h, before(7)), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after_at(&h, before(3600)),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            retry_after_at(&h, at + Duration::from_secs(1)),
+            Some(Duration::ZERO),
+            "a date already past"
+        );
+        // The obsolete RFC 850 form is accepted too, as RFC 9110 asks of recipients.
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wednesday, 21-Oct-15 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after_at(&h, before(2)), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
     fn idempotency_and_retry_after() {
         assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT));
         assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
@@ -245,10 +278,7 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
         h.insert("retry-after", HeaderValue::from_static("99999"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(300)));
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
+        h.insert("retry-after", HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
         assert_eq!(
             min_opt(Some(Duration::from_secs(2)), Some(Duration::from_secs(1))),
