@@ -404,6 +404,30 @@ fn deleting_one_of_two_modelservices_keeps_the_other_in_the_config() {
     );
     assert!(get_json(n, &["service", "alpha"]).is_none());
     assert!(get_json(n, &["service", "beta"]).is_some());
+
+    // The namespace-wide objects come back at once when deleted by hand, config unchanged.
+    let before = mesh_config(n).expect("config");
+    let published = [
+        ["configmap", "infermesh-mesh-config"],
+        ["role", "infermesh-mesh-config-reader"],
+        ["rolebinding", "infermesh-mesh-config-reader"],
+    ];
+    for [kind, name] in published {
+        kubectl_ok(&["delete", kind, name, "-n", n, "--wait=true"], None);
+    }
+    let back = wait_for(Duration::from_secs(20), || {
+        published
+            .iter()
+            .all(|[kind, name]| get_json(n, &[kind, name]).is_some())
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "deleted objects not republished: {:?}\noperator log:\n{}",
+        published.map(|[kind, name]| get_json(n, &[kind, name]).is_some()),
+        op.log()
+    );
+    assert_eq!(mesh_config(n), Some(before), "the same config comes back");
 }
 
 #[test]

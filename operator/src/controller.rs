@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use infermesh_crds::{
     ModelService,
     mesh::{CONFIG_MAP_KEY, CONFIG_MAP_NAME, MeshConfig, ServiceConfig},
@@ -24,7 +24,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, PartialObjectMeta, Patch, PatchParams},
     runtime::{
         WatchStreamExt,
         controller::{Action, Config as ControllerConfig, Controller},
@@ -34,6 +34,7 @@ use kube::{
         watcher,
     },
 };
+use serde::de::DeserializeOwned;
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::{
@@ -99,6 +100,8 @@ pub struct Context {
     namespaces: std::sync::Mutex<HashMap<String, Arc<AsyncMutex<Published>>>>,
     backoff: std::sync::Mutex<Backoff>,
     listed: EndpointIndex,
+    /// Namespaces whose published objects were deleted by hand: republished at the next reconcile.
+    deleted: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -122,6 +125,16 @@ impl Context {
         });
         v.sort_by_key(|ms| ms.name_any());
         v
+    }
+
+    fn mark_deleted(&self, ns: &str) {
+        let mut set = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(ns.to_string());
+    }
+
+    fn take_deleted(&self, ns: &str) -> bool {
+        let mut set = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+        set.remove(ns)
     }
 
     fn namespace_pods(&self, ns: &str) -> Vec<Arc<Pod>> {
@@ -206,35 +219,16 @@ async fn publish(
             .collect(),
         None => read_published(ctx, ns).await?,
     };
-    let fresh = published
-        .at
-        .is_some_and(|at| at.elapsed() < REPUBLISH && published.config.as_ref() == Some(&config));
+    let deleted = ctx.take_deleted(ns);
+    let fresh = !deleted
+        && published.at.is_some_and(|at| {
+            at.elapsed() < REPUBLISH && published.config.as_ref() == Some(&config)
+        });
     if !fresh {
+        // Until the writes below succeed, the next reconcile must write again.
+        published.at = None;
         let owners: Vec<&ModelService> = members.iter().map(|m| m.as_ref()).collect();
-        let cm = resources::mesh_config_map(ns, &config, &owners)?;
-        ssa(
-            &Api::<ConfigMap>::namespaced(ctx.client.clone(), ns),
-            CONFIG_MAP_NAME,
-            &cm,
-            "apply mesh config ConfigMap",
-        )
-        .await?;
-        let role = resources::reader_role(ns, &owners);
-        ssa(
-            &Api::<Role>::namespaced(ctx.client.clone(), ns),
-            resources::READER_ROLE,
-            &role,
-            "apply mesh config reader Role",
-        )
-        .await?;
-        let rb = resources::reader_role_binding(ns, &owners);
-        ssa(
-            &Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
-            resources::READER_ROLE,
-            &rb,
-            "apply mesh config reader RoleBinding",
-        )
-        .await?;
+        apply_published(ctx, ns, &config, &owners).await?;
         published.at = Some(Instant::now());
         if published.config.as_ref() != Some(&config) {
             tracing::info!(namespace = ns, revision = %config.revision, services = config.services.len(), "mesh config published");
@@ -242,6 +236,40 @@ async fn publish(
     }
     published.config = Some(config.clone());
     Ok((config, previous))
+}
+
+/// Writes `ns`'s mesh ConfigMap and its reader Role and RoleBinding.
+async fn apply_published(
+    ctx: &Context,
+    ns: &str,
+    config: &MeshConfig,
+    owners: &[&ModelService],
+) -> Result<(), Error> {
+    let cm = resources::mesh_config_map(ns, config, owners)?;
+    ssa(
+        &Api::<ConfigMap>::namespaced(ctx.client.clone(), ns),
+        CONFIG_MAP_NAME,
+        &cm,
+        "apply mesh config ConfigMap",
+    )
+    .await?;
+    let role = resources::reader_role(ns, owners);
+    ssa(
+        &Api::<Role>::namespaced(ctx.client.clone(), ns),
+        resources::READER_ROLE,
+        &role,
+        "apply mesh config reader Role",
+    )
+    .await?;
+    let rb = resources::reader_role_binding(ns, owners);
+    ssa(
+        &Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
+        resources::READER_ROLE,
+        &rb,
+        "apply mesh config reader RoleBinding",
+    )
+    .await?;
+    Ok(())
 }
 
 /// The entries of the ConfigMap as it is in the cluster (after a restart, nothing is cached).
@@ -513,6 +541,48 @@ fn slim_pod(pod: &mut Pod) {
     }
 }
 
+/// Objects this operator created.
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
+}
+
+/// Deletions of the namespace-wide objects this operator publishes (the mesh ConfigMap and its
+/// reader Role and RoleBinding). Metadata only: a mesh ConfigMap can be large.
+fn deletions<K>(
+    api: Api<PartialObjectMeta<K>>,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Clone,
+{
+    watcher(api, managed())
+        .default_backoff()
+        .try_filter_map(|event| async move {
+            Ok(match event {
+                watcher::Event::Delete(obj) => Some(obj),
+                _ => None,
+            })
+        })
+}
+
+/// Maps a deleted published object to the ModelServices of its namespace, marking the namespace
+/// for a republish: an unchanged config is otherwise not re-applied before [`REPUBLISH`].
+fn republish<K: Resource>(ctx: Arc<Context>) -> impl Fn(K) -> Vec<ObjectRef<ModelService>> {
+    move |obj: K| {
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let members = ctx.members(&ns, None);
+        if !members.is_empty() {
+            let name = obj.meta().name.as_deref().unwrap_or_default();
+            tracing::info!(namespace = %ns, name, "published object deleted; republishing");
+            ctx.mark_deleted(&ns);
+        }
+        members
+            .iter()
+            .map(|ms| ObjectRef::from_obj(ms.as_ref()))
+            .collect()
+    }
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -553,9 +623,18 @@ pub async fn run(
         namespaces: Default::default(),
         backoff: Default::default(),
         listed,
+        deleted: Default::default(),
     });
-    let owned_services =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    let owned_services = managed();
+    let cms = deletions(api_for::<PartialObjectMeta<ConfigMap>>(
+        &client_for_owns,
+        &scope,
+    ));
+    let roles = deletions(api_for::<PartialObjectMeta<Role>>(&client_for_owns, &scope));
+    let bindings = deletions(api_for::<PartialObjectMeta<RoleBinding>>(
+        &client_for_owns,
+        &scope,
+    ));
 
     Controller::for_stream(ms_stream, services)
         .owns(api_for::<Service>(&client_for_owns, &scope), owned_services)
@@ -572,6 +651,9 @@ pub async fn run(
                 .map(|ms| ObjectRef::from_obj(ms.as_ref()))
                 .collect::<Vec<_>>()
         })
+        .watches_stream(cms, republish(ctx.clone()))
+        .watches_stream(roles, republish(ctx.clone()))
+        .watches_stream(bindings, republish(ctx.clone()))
         .with_config(
             ControllerConfig::default()
                 .concurrency(scope.concurrency)
