@@ -54,6 +54,9 @@ pub struct ServiceConfig {
     pub load_balancing: LoadBalancingConfig,
     #[serde(default)]
     pub concurrency: ConcurrencyConfig,
+    /// Unset fields take the sidecar's defaults (its `--eject-*` flags).
+    #[serde(default, skip_serializing_if = "OutlierDetectionConfig::is_unset")]
+    pub outlier_detection: OutlierDetectionConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +217,27 @@ pub struct ConcurrencyConfig {
     pub max_queue: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetectionConfig {
+    /// Failed tries in a row that eject an endpoint; 0 turns ejection off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// First ejection time; doubles per ejection in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_ms: Option<u64>,
+    /// Longest ejection time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_ms: Option<u64>,
+}
+
+impl OutlierDetectionConfig {
+    /// Nothing set: the field is left out of the JSON, so configs without it keep their revision.
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[cfg(test)]

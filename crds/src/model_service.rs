@@ -118,6 +118,11 @@ pub struct ModelServiceSpec {
     /// Per-endpoint concurrency limit and queue. Default: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Concurrency>,
+
+    /// Passive health checking: an endpoint that fails several tries in a row is taken out of
+    /// rotation for a while. Default: after 7 failures, for 1s doubling up to 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 /// Application protocol of the model container.
@@ -382,6 +387,26 @@ pub struct Concurrency {
     /// Longest wait in the queue before the request is shed, e.g. 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout: Option<Duration>,
+}
+
+/// Outlier ejection: which failures count and how long an ejected endpoint stays out. Every
+/// sidecar judges the endpoints on its own, from the tries it sent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.baseEjectionTime) || !has(self.maxEjectionTime) || duration(self.baseEjectionTime) <= duration(self.maxEjectionTime)")
+    .message("outlierDetection baseEjectionTime must not exceed maxEjectionTime"))]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Failed tries in a row (connect failure, reset, timeout, 5xx) that eject an endpoint,
+    /// 0-1000; 0 turns ejection off. Default 7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_failures: Option<i32>,
+    /// First ejection time, e.g. 1s; each ejection in a row doubles it (with jitter). Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Duration>,
+    /// Longest ejection time, e.g. 60s. Default 60s, or baseEjectionTime if that is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<Duration>,
 }
 
 /// What the operator observed and published for a ModelService.

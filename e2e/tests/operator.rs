@@ -599,6 +599,18 @@ fn invalid_cases() -> Vec<Invalid> {
             expect: "backoff base must not exceed backoff max",
         },
         Invalid {
+            what: "ejection base above max",
+            patch: |s| {
+                s["outlierDetection"] = json!({"baseEjectionTime": "2m", "maxEjectionTime": "30s"})
+            },
+            expect: "outlierDetection baseEjectionTime must not exceed maxEjectionTime",
+        },
+        Invalid {
+            what: "negative failure count",
+            patch: |s| s["outlierDetection"] = json!({"consecutiveFailures": -1}),
+            expect: "should be greater than or equal to 0",
+        },
+        Invalid {
             what: "unknown retryOn",
             patch: |s| s["retries"] = json!({"attempts": 2, "retryOn": ["4xx"]}),
             expect: "Unsupported value: \"4xx\"",

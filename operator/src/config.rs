@@ -7,7 +7,8 @@ use infermesh_crds::{
     duration::Duration,
     mesh::{
         self, ConcurrencyConfig, HeaderMatch, HeaderValueMatch, LoadBalancingConfig, MeshConfig,
-        RetryConfig, RouteConfig, ServiceConfig, TimeoutConfig, VariantConfig,
+        OutlierDetectionConfig, RetryConfig, RouteConfig, ServiceConfig, TimeoutConfig,
+        VariantConfig,
     },
     model_service::{self as api, ModelServiceSpec},
 };
@@ -69,6 +70,15 @@ pub fn service_config(ms: &ModelService, resolved: &[ResolvedVariant]) -> Servic
                     .and_then(|n| u32::try_from(n).ok()),
                 max_queue: u32::try_from(c.max_queue).unwrap_or(0),
                 queue_timeout_ms: millis(c.queue_timeout.as_ref()),
+            })
+            .unwrap_or_default(),
+        outlier_detection: spec
+            .outlier_detection
+            .as_ref()
+            .map(|o| OutlierDetectionConfig {
+                consecutive_failures: o.consecutive_failures.and_then(|n| u32::try_from(n).ok()),
+                base_ejection_ms: millis(o.base_ejection_time.as_ref()),
+                max_ejection_ms: millis(o.max_ejection_time.as_ref()),
             })
             .unwrap_or_default(),
     }
@@ -180,8 +190,8 @@ mod tests {
     use crate::endpoints::resolve;
     use crate::fixtures::{model_service, pod, spec_with};
     use infermesh_crds::model_service::{
-        Backoff, HeaderMatch as ApiHeaderMatch, LoadBalancing, LoadBalancingPolicy, Retries,
-        RetryBudget, RetryOn, Route, RouteMatch, Timeouts,
+        Backoff, HeaderMatch as ApiHeaderMatch, LoadBalancing, LoadBalancingPolicy,
+        OutlierDetection, Retries, RetryBudget, RetryOn, Route, RouteMatch, Timeouts,
     };
 
     fn full_spec() -> ModelServiceSpec {
@@ -222,6 +232,11 @@ mod tests {
         spec.load_balancing = Some(LoadBalancing {
             policy: LoadBalancingPolicy::ConsistentHash,
             hash_on: Some("x-session".into()),
+        });
+        spec.outlier_detection = Some(OutlierDetection {
+            consecutive_failures: Some(3),
+            base_ejection_time: Some("500ms".into()),
+            max_ejection_time: None,
         });
         spec
     }
@@ -267,6 +282,14 @@ mod tests {
             mesh::LoadBalancingPolicy::ConsistentHash
         );
         assert_eq!(cfg.load_balancing.hash_on.as_deref(), Some("x-session"));
+        assert_eq!(
+            cfg.outlier_detection,
+            OutlierDetectionConfig {
+                consecutive_failures: Some(3),
+                base_ejection_ms: Some(500),
+                max_ejection_ms: None,
+            }
+        );
     }
 
     #[test]
@@ -276,6 +299,12 @@ mod tests {
         assert_eq!(cfg.retries, RetryConfig::default());
         assert_eq!(cfg.timeouts, TimeoutConfig::default());
         assert_eq!(cfg.concurrency, ConcurrencyConfig::default());
+        assert!(cfg.outlier_detection.is_unset());
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert!(
+            json.get("outlierDetection").is_none(),
+            "left out, so existing revisions stay as they were"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn spec_with(variants: &[(&str, i32, &str)]) -> ModelServiceSpec {
         timeouts: None,
         load_balancing: None,
         concurrency: None,
+        outlier_detection: None,
     }
 }
 

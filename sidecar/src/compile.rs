@@ -245,6 +245,7 @@ fn compile_service(
         },
         balancer: s.load_balancing.policy,
         hash_on,
+        outlier_detection: s.outlier_detection.clone(),
         metrics: cx.metrics.service(name),
     })
 }

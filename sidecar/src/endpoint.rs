@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use infermesh_crds::mesh::OutlierDetectionConfig;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
@@ -27,6 +28,27 @@ impl Default for EjectionPolicy {
                 base: Duration::from_secs(1),
                 max: Duration::from_secs(60),
                 jitter: 0.5,
+            },
+        }
+    }
+}
+
+impl EjectionPolicy {
+    /// This policy with a service's own settings in place of the ones it sets. The longest
+    /// ejection is never below the first.
+    pub fn overridden_by(&self, o: &OutlierDetectionConfig) -> Self {
+        let base = o
+            .base_ejection_ms
+            .map_or(self.backoff.base, Duration::from_millis);
+        let max = o
+            .max_ejection_ms
+            .map_or(self.backoff.max, Duration::from_millis);
+        Self {
+            consecutive_failures: o.consecutive_failures.unwrap_or(self.consecutive_failures),
+            backoff: Backoff {
+                base,
+                max: max.max(base),
+                ..self.backoff
             },
         }
     }
@@ -172,6 +194,29 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_service_overrides_what_it_sets_and_the_longest_ejection_follows_the_first() {
+        let flags = EjectionPolicy::default();
+        let same = flags.overridden_by(&OutlierDetectionConfig::default());
+        assert_eq!(same.consecutive_failures, 7);
+        assert_eq!(same.backoff.base, flags.backoff.base);
+        assert_eq!(same.backoff.max, flags.backoff.max);
+        let o = OutlierDetectionConfig {
+            consecutive_failures: Some(0),
+            base_ejection_ms: Some(120_000),
+            max_ejection_ms: None,
+        };
+        let p = flags.overridden_by(&o);
+        assert_eq!(p.consecutive_failures, 0);
+        assert_eq!(p.backoff.base, Duration::from_secs(120));
+        assert_eq!(
+            p.backoff.max,
+            Duration::from_secs(120),
+            "60s default raised"
+        );
+        assert_eq!(p.backoff.jitter, flags.backoff.jitter);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn ejects_after_consecutive_failures_and_recovers() {

@@ -115,7 +115,7 @@ impl Proxy {
                         ep.state.observe_rtt(now, now - sent, &self.ewma);
                         variant.metrics.ttfb.observe((now - sent).as_secs_f64());
                         if resp.status().is_server_error() {
-                            self.failed(ep, variant, now);
+                            self.failed(svc, ep, variant, now);
                         } else {
                             ep.state.record_success(now);
                         }
@@ -131,7 +131,7 @@ impl Proxy {
                         Failure::Status(resp, lent)
                     }
                     Some(Err(e)) => {
-                        self.failed(ep, variant, now);
+                        self.failed(svc, ep, variant, now);
                         if e.is_connect() {
                             Failure::Connect(error_chain(&e))
                         } else {
@@ -139,7 +139,7 @@ impl Proxy {
                         }
                     }
                     None => {
-                        self.failed(ep, variant, now);
+                        self.failed(svc, ep, variant, now);
                         Failure::Timeout
                     }
                 };
@@ -182,8 +182,9 @@ impl Proxy {
     }
 
     /// Feeds a failed try to outlier detection.
-    fn failed(&self, ep: &Endpoint, variant: &Variant, now: Instant) {
-        if let Some(d) = ep.state.record_failure(now, &self.ejection) {
+    fn failed(&self, svc: &Service, ep: &Endpoint, variant: &Variant, now: Instant) {
+        let policy = self.ejection.overridden_by(&svc.outlier_detection);
+        if let Some(d) = ep.state.record_failure(now, &policy) {
             variant.metrics.ejections.inc();
             tracing::warn!(endpoint = %ep.address, variant = %variant.name, ejected_for = ?d,
                 "endpoint ejected after consecutive failures");

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use http::header::HeaderName;
-use infermesh_crds::mesh::{LoadBalancingPolicy, MeshConfig, Protocol, RetryOn};
+use infermesh_crds::mesh::{
+    LoadBalancingPolicy, MeshConfig, OutlierDetectionConfig, Protocol, RetryOn,
+};
 
 use crate::backoff::Backoff;
 use crate::budget::RetryBudget;
@@ -62,6 +64,8 @@ pub struct Service {
     pub timeouts: Timeouts,
     pub balancer: LoadBalancingPolicy,
     pub hash_on: Option<HeaderName>,
+    /// Overrides of the sidecar's ejection policy.
+    pub outlier_detection: OutlierDetectionConfig,
     pub metrics: ServiceMetrics,
 }
 

@@ -298,6 +298,35 @@ async fn retry_budget_bounds_extra_load_on_a_failing_variant() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_sets_its_own_outlier_ejection() {
+    let bad = backend("v1", Mode::Status(503)).await;
+    let good = backend("v1", Mode::Ok).await;
+    let cfg = config(
+        json!({"outlierDetection": {"consecutiveFailures": 2, "baseEjectionMs": 60000}}),
+        &[("stable", 100, vec![bad.addr, good.addr])],
+    );
+    // The sidecar's own default (7 failures) is overridden by the service's 2.
+    let s = sidecar(&cfg).await;
+    let n = 40;
+    let replies = load(s.sidecar.inbound, "llm", n, 1, Duration::from_secs(30)).await;
+    let ok = replies
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.status == 200))
+        .count();
+    assert_eq!(
+        bad.hits.load(Ordering::SeqCst),
+        2,
+        "ejected after 2 failures"
+    );
+    assert_eq!(ok, n - 2);
+    let (_, m) = admin(&s.sidecar, "/metrics").await;
+    assert!(
+        m.contains(r#"infermesh_endpoint_ejections_total{service="llm",variant="stable"} 1"#),
+        "{m}"
+    );
+}
+
 /// One SSE stream through the sidecar; the delay of each event from backend write to client read.
 async fn sse_delays() -> Vec<Duration> {
     let written = Arc::new(Mutex::new(Vec::new()));
