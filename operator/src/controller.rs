@@ -180,21 +180,33 @@ async fn wait_for_pods(ctx: &Context) -> Result<(), Error> {
     }
 }
 
-/// Applies `obj` by server-side apply, forcing ownership of the fields it sets.
-async fn ssa<K>(api: &Api<K>, name: &str, obj: &K, what: &'static str) -> Result<K, Error>
+/// Applies `obj` (named `name` in `ns`) by server-side apply, forcing ownership of the fields it
+/// sets.
+async fn ssa<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    obj: &K,
+    what: &'static str,
+) -> Result<K, Error>
 where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: what,
-        source,
-    })
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            action: what,
+            source,
+        })
 }
 
 /// Publishes `ns`'s mesh config from the caches (ModelServices in `members`), and the reader
@@ -245,26 +257,23 @@ async fn apply_published(
     config: &MeshConfig,
     owners: &[&ModelService],
 ) -> Result<(), Error> {
+    let (client, reader) = (&ctx.client, resources::READER_ROLE);
     let cm = resources::mesh_config_map(ns, config, owners)?;
     ssa(
-        &Api::<ConfigMap>::namespaced(ctx.client.clone(), ns),
+        client,
+        ns,
         CONFIG_MAP_NAME,
         &cm,
         "apply mesh config ConfigMap",
     )
     .await?;
     let role = resources::reader_role(ns, owners);
-    ssa(
-        &Api::<Role>::namespaced(ctx.client.clone(), ns),
-        resources::READER_ROLE,
-        &role,
-        "apply mesh config reader Role",
-    )
-    .await?;
+    ssa(client, ns, reader, &role, "apply mesh config reader Role").await?;
     let rb = resources::reader_role_binding(ns, owners);
     ssa(
-        &Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
-        resources::READER_ROLE,
+        client,
+        ns,
+        reader,
         &rb,
         "apply mesh config reader RoleBinding",
     )
@@ -332,13 +341,7 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     };
 
     let svc = resources::front_service(ms);
-    ssa(
-        &Api::<Service>::namespaced(ctx.client.clone(), &ns),
-        &name,
-        &svc,
-        "apply fronting Service",
-    )
-    .await?;
+    ssa(&ctx.client, &ns, &name, &svc, "apply fronting Service").await?;
 
     let obs = Observation {
         generation: ms.metadata.generation,
