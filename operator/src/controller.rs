@@ -552,13 +552,19 @@ fn managed() -> watcher::Config {
 /// Deletions of the namespace-wide objects this operator publishes (the mesh ConfigMap and its
 /// reader Role and RoleBinding). Metadata only: a mesh ConfigMap can be large.
 fn deletions<K>(
-    api: Api<PartialObjectMeta<K>>,
-) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>>
+    client: &Client,
+    scope: &Scope,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + use<K>
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Clone,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
-    watcher(api, managed())
+    watcher(api_for::<PartialObjectMeta<K>>(client, scope), managed())
         .default_backoff()
         .try_filter_map(|event| async move {
             Ok(match event {
@@ -628,19 +634,12 @@ pub async fn run(
         listed,
         deleted: Default::default(),
     });
-    let owned_services = managed();
-    let cms = deletions(api_for::<PartialObjectMeta<ConfigMap>>(
-        &client_for_owns,
-        &scope,
-    ));
-    let roles = deletions(api_for::<PartialObjectMeta<Role>>(&client_for_owns, &scope));
-    let bindings = deletions(api_for::<PartialObjectMeta<RoleBinding>>(
-        &client_for_owns,
-        &scope,
-    ));
+    let cms = deletions::<ConfigMap>(&client_for_owns, &scope);
+    let roles = deletions::<Role>(&client_for_owns, &scope);
+    let bindings = deletions::<RoleBinding>(&client_for_owns, &scope);
 
     Controller::for_stream(ms_stream, services)
-        .owns(api_for::<Service>(&client_for_owns, &scope), owned_services)
+        .owns(api_for::<Service>(&client_for_owns, &scope), managed())
         .watches_stream(pod_stream, move |pod: Pod| {
             let ns = pod.namespace().unwrap_or_default();
             let pod_name = pod.name_any();
