@@ -28,6 +28,41 @@ pub struct MeshConfig {
     pub services: Vec<ServiceConfig>,
 }
 
+impl MeshConfig {
+    /// One namespace's config: services sorted by name, revision = [`MeshConfig::revision_of`] them.
+    pub fn new(mut services: Vec<ServiceConfig>) -> Self {
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        let revision = Self::revision_of(&services);
+        Self { revision, services }
+    }
+
+    /// FNV-1a (64 bit) of the services' JSON, as 16 hex digits: stable across processes and
+    /// releases. The operator stamps it; a sidecar given a config without one computes the same.
+    pub fn revision_of(services: &[ServiceConfig]) -> String {
+        let bytes = serde_json::to_vec(services).unwrap_or_default();
+        format!("{:016x}", fnv1a(&bytes))
+    }
+}
+
+/// FNV-1a's 64-bit offset basis: the state before any byte.
+pub const FNV1A_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a (64 bit) of `bytes`: the one hash the mesh contract names (revisions, and the sidecar's
+/// cohort and config-key hashing build on it).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_extend(FNV1A_OFFSET, bytes)
+}
+
+/// Continues an FNV-1a state over more bytes (a streaming [`std::hash::Hasher`] builds on this).
+#[inline]
+pub fn fnv1a_extend(mut state: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        state ^= u64::from(*b);
+        state = state.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    state
+}
+
 /// One ModelService as the data plane sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -234,6 +269,13 @@ pub struct OutlierDetectionConfig {
 }
 
 impl OutlierDetectionConfig {
+    /// What an unset `consecutiveFailures` means when the sidecar's flag is not given either.
+    pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 7;
+    /// What an unset `baseEjectionMs` means when the sidecar's flag is not given either.
+    pub const DEFAULT_BASE_EJECTION_MS: u64 = 1_000;
+    /// What an unset `maxEjectionMs` means when the sidecar's flag is not given either.
+    pub const DEFAULT_MAX_EJECTION_MS: u64 = 60_000;
+
     /// Nothing set: the field is left out of the JSON, so configs without it keep their revision.
     pub fn is_unset(&self) -> bool {
         *self == Self::default()
@@ -259,6 +301,34 @@ mod tests {
         assert_eq!(
             svc.routes[0].headers[0].value,
             HeaderValueMatch::Exact("beta".into())
+        );
+    }
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        // From the FNV reference (draft-eastlake-fnv): "" and "a" and "foobar".
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(fnv1a_extend(fnv1a(b"foo"), b"bar"), fnv1a(b"foobar"));
+    }
+
+    #[test]
+    fn a_config_is_sorted_and_its_revision_follows_its_content() {
+        let svc = |name: &str, port| ServiceConfig {
+            port,
+            ..serde_json::from_str(&format!(r#"{{"name":"{name}","port":1,"variants":[]}}"#))
+                .unwrap()
+        };
+        let one = MeshConfig::new(vec![svc("b", 1), svc("a", 1)]);
+        let two = MeshConfig::new(vec![svc("a", 1), svc("b", 1)]);
+        assert_eq!(one, two);
+        assert_eq!(one.services[0].name, "a");
+        assert_eq!(one.revision.len(), 16);
+        assert_eq!(one.revision, MeshConfig::revision_of(&one.services));
+        assert_ne!(
+            one.revision,
+            MeshConfig::new(vec![svc("a", 2), svc("b", 1)]).revision
         );
     }
 

@@ -85,21 +85,8 @@ pub fn service_config(ms: &ModelService, resolved: &[ResolvedVariant]) -> Servic
 }
 
 /// One namespace's config: services sorted by name, revision = hash of their content.
-pub fn mesh_config(mut services: Vec<ServiceConfig>) -> MeshConfig {
-    services.sort_by(|a, b| a.name.cmp(&b.name));
-    let revision = revision_of(&services);
-    MeshConfig { revision, services }
-}
-
-/// FNV-1a (64 bit) of the services' JSON, as 16 hex digits: stable across processes and releases.
-pub fn revision_of(services: &[ServiceConfig]) -> String {
-    let bytes = serde_json::to_vec(services).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+pub fn mesh_config(services: Vec<ServiceConfig>) -> MeshConfig {
+    MeshConfig::new(services)
 }
 
 fn protocol(p: api::Protocol) -> mesh::Protocol {
