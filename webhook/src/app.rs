@@ -285,7 +285,7 @@ pub async fn run_with_client(
     };
 
     let tls = Arc::new(tls::server_config(resolver).map_err(AppError::Tls)?);
-    tracing::info!(addr = %args.listen, "serving /mutate, /healthz, /metrics");
+    tracing::info!(addr = %args.listen, "serving /mutate, /live, /ready, /metrics");
     server::serve(listener, tls, state, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = rotation.await;

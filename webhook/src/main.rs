@@ -23,24 +23,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGTERM or SIGINT, logged: the server then stops accepting and drains in-flight reviews.
 async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = ctrl_c => tracing::info!("interrupt received"),
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    let signal = infermesh_admin::shutdown_signal().await;
+    tracing::info!(%signal, "stopping");
 }

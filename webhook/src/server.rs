@@ -1,4 +1,5 @@
-//! The HTTPS server: `POST /mutate` (AdmissionReview v1), `GET /healthz`, `GET /metrics`.
+//! The HTTPS server: `POST /mutate` (AdmissionReview v1), and the probe convention every infermesh
+//! binary shares: `GET /live`, `GET /ready`, `GET /metrics`.
 //!
 //! TLS by rustls with a swappable certificate; HTTP/1.1 and HTTP/2 (the API server speaks
 //! either). On shutdown it stops accepting and lets in-flight reviews finish, bounded in time.
@@ -15,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use infermesh_admin::{LIVE_PATH, METRICS_PATH, READY_PATH, openmetrics_response};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -108,20 +110,12 @@ async fn handle(
             StatusCode::METHOD_NOT_ALLOWED,
             "use POST with an AdmissionReview body\n",
         ),
-        (&Method::GET, "/healthz") => healthz(&state),
-        (&Method::GET, "/metrics") => {
-            let mut r = text(StatusCode::OK, state.metrics.encode());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
+        (&Method::GET, LIVE_PATH) => text(StatusCode::OK, "live\n"),
+        (&Method::GET, READY_PATH) => ready(&state),
+        (&Method::GET, METRICS_PATH) => openmetrics_response(state.metrics.encode()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try POST /mutate, GET /healthz or GET /metrics\n",
+            "not found: try POST /mutate, GET /live, GET /ready or GET /metrics\n",
         ),
     };
     Ok(resp)
@@ -189,9 +183,11 @@ async fn mutate(req: Request<Incoming>, state: &AppState) -> Response<Full<Bytes
     resp
 }
 
-fn healthz(state: &AppState) -> Response<Full<Bytes>> {
+/// Ready once reviews can be answered right: a certificate to serve and the namespaces' inject
+/// annotations known. (`/live` stays 200 meanwhile: waiting for either is no reason to restart.)
+fn ready(state: &AppState) -> Response<Full<Bytes>> {
     match (state.resolver.is_loaded(), state.namespaces.is_ready()) {
-        (true, true) => text(StatusCode::OK, "ok\n"),
+        (true, true) => text(StatusCode::OK, "ready\n"),
         (false, _) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "no serving certificate loaded yet\n",

@@ -137,12 +137,20 @@ async fn answers_reviews_health_metrics_and_bad_input() {
         .expect("404");
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, body) = c
-        .send(Method::GET, "/healthz", Bytes::new())
+        .send(Method::GET, "/ready", Bytes::new())
         .await
-        .expect("health");
+        .expect("ready");
     assert_eq!(
         (status, body),
-        (StatusCode::OK, Bytes::from_static(b"ok\n"))
+        (StatusCode::OK, Bytes::from_static(b"ready\n"))
+    );
+    let (status, body) = c
+        .send(Method::GET, "/live", Bytes::new())
+        .await
+        .expect("live");
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, Bytes::from_static(b"live\n"))
     );
 
     let (status, body) = c
@@ -203,7 +211,7 @@ async fn rotation_takes_effect_without_restart() {
     assert_ne!(first, second, "new handshakes see the renewed certificate");
     // A connection opened before the swap keeps working.
     let (status, _) = open
-        .send(Method::GET, "/healthz", Bytes::new())
+        .send(Method::GET, "/ready", Bytes::new())
         .await
         .expect("old conn");
     assert_eq!(status, StatusCode::OK);

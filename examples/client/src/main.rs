@@ -35,23 +35,7 @@ async fn main() -> ExitCode {
 
 /// Completes on SIGTERM or Ctrl-C.
 async fn terminated() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    infermesh_admin::shutdown_signal().await;
 }
 
 fn exit_if(success: bool) -> ExitCode {

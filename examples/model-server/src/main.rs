@@ -46,24 +46,6 @@ async fn run() -> anyhow::Result<()> {
 
 /// Completes on SIGTERM (how Kubernetes stops a container) or Ctrl-C.
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    let signal = infermesh_admin::shutdown_signal().await;
+    tracing::info!(%signal, "stopping");
 }

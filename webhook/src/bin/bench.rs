@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         if let Ok(ca) = std::fs::read_to_string(dir.join("ca.crt"))
             && let Ok(mut c) = Connection::open(addr, name, &ca).await
             && matches!(
-                c.send(Method::GET, "/healthz", Bytes::new()).await,
+                c.send(Method::GET, "/ready", Bytes::new()).await,
                 Ok((StatusCode::OK, _))
             )
         {
