@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 /// The pattern the CRD enforces: one or more `<digits><unit>` groups, units ms, s, m, h.
 pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
 
-/// A duration such as `500ms`, `30s`, `5m` or `1h30m`.
+/// A zero duration in any spelling (`0s`, `00ms`, `0m0s`): refused, since no field of a
+/// ModelService means anything useful with it (a zero timeout fails every request).
+pub const ZERO_DURATION_PATTERN: &str = "^(0+(ms|s|m|h))+$";
+
+/// A duration such as `500ms`, `30s`, `5m` or `1h30m`, longer than zero.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Duration(pub String);
@@ -43,6 +47,9 @@ impl JsonSchema for Duration {
             "x-kubernetes-validations": [{
                 "rule": format!("self.matches('{DURATION_PATTERN}')"),
                 "message": "must be a duration such as 500ms, 30s, 5m or 1h30m (units ms, s, m, h)"
+            }, {
+                "rule": format!("!self.matches('{ZERO_DURATION_PATTERN}')"),
+                "message": "must be longer than 0 (leave the field unset instead)"
             }]
         })
     }

@@ -34,6 +34,10 @@ pub const MAX_ROUTES: usize = 32;
     status = "ModelServiceStatus",
     derive = "PartialEq",
     doc = "A served model: variants, traffic split, routes and resilience policies enforced by the infermesh sidecars.",
+    // The operator names the fronting Service after the ModelService, so the name must be one a
+    // Service can take (a DNS-1035 label); refused here rather than as a failed Service write later.
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS-1035 label of at most 63 characters (lowercase letters, digits and '-', starting with a letter), since the ModelService's Service takes the same name"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -66,6 +70,9 @@ pub const MAX_ROUTES: usize = 32;
     )
 )]
 #[x_kube(
+    validation = Rule::new("!(self.port in [15001, 15006, 15020])")
+        .message("port must be the model container's own port, not one of the sidecar's (15001 outbound, 15006 inbound, 15020 admin)")
+        .field_path(".port"),
     validation = Rule::new("self.variants.map(v, v.weight).sum() == 100")
         .message("variant weights must sum to 100 (spec.variants[*].weight)")
         .field_path(".variants"),
@@ -78,8 +85,9 @@ pub const MAX_ROUTES: usize = 32;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelServiceSpec {
-    /// Port the model container listens on (1-65535). The sidecar delivers requests to
-    /// 127.0.0.1:<port> in the pod; pods without a sidecar are reached at <podIP>:<port>.
+    /// Port the model container listens on (1-65535, not 15001, 15006 or 15020, which the sidecar
+    /// holds). The sidecar delivers requests to 127.0.0.1:<port> in the pod; pods without a sidecar
+    /// are reached at <podIP>:<port>.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 

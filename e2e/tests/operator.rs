@@ -472,6 +472,17 @@ fn only_one_operator_leads_and_a_standby_takes_over() {
         .unwrap_or_else(|| panic!("new leader did not reconcile\n{}", b.log()));
 }
 
+/// ModelService names a Service cannot take: (what, name). kubectl must refuse each with the
+/// DNS-1035 message, since the operator names the fronting Service after the ModelService.
+const INVALID_NAMES: [(&str, &str); 3] = [
+    (
+        "64 characters",
+        "a234567890123456789012345678901234567890123456789012345678901234",
+    ),
+    ("starting with a digit", "1llm"),
+    ("with a dot", "llm.v3"),
+];
+
 /// One invalid object: what to change in a valid spec, and the message kubectl must show.
 struct Invalid {
     what: &'static str,
@@ -616,6 +627,26 @@ fn invalid_cases() -> Vec<Invalid> {
             expect: "Unsupported value: \"4xx\"",
         },
         Invalid {
+            what: "the sidecar's inbound port",
+            patch: |s| s["port"] = json!(15006),
+            expect: "not one of the sidecar's (15001 outbound, 15006 inbound, 15020 admin)",
+        },
+        Invalid {
+            what: "the sidecar's admin port",
+            patch: |s| s["port"] = json!(15020),
+            expect: "port must be the model container's own port",
+        },
+        Invalid {
+            what: "zero first-byte timeout",
+            patch: |s| s["timeouts"] = json!({"firstByte": "0s"}),
+            expect: "must be longer than 0",
+        },
+        Invalid {
+            what: "zero per-try timeout spelt in parts",
+            patch: |s| s["retries"] = json!({"attempts": 2, "perTryTimeout": "0m00ms"}),
+            expect: "must be longer than 0",
+        },
+        Invalid {
             what: "jitter above 1",
             patch: |s| {
                 s["retries"] =
@@ -658,6 +689,19 @@ fn invalid_modelservices_are_refused_with_a_message_saying_what_to_fix() {
             failures.push(format!(
                 "{}: expected {:?} in {stderr}",
                 case.what, case.expect
+            ));
+        }
+    }
+    for (what, name) in INVALID_NAMES {
+        let mut obj = valid.clone();
+        obj["metadata"]["name"] = json!(name);
+        let out = kubectl(&["apply", "-n", n, "-f", "-"], Some(&obj.to_string()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            failures.push(format!("name {what}: accepted"));
+        } else if !stderr.contains("metadata.name must be a DNS-1035 label") {
+            failures.push(format!(
+                "name {what}: expected the DNS-1035 message in {stderr}"
             ));
         }
     }
