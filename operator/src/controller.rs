@@ -39,7 +39,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::{
     backoff::Backoff,
-    config::{mesh_config, service_config},
+    config::service_config,
     endpoints::{resolve, selects_pod},
     error::Error,
     metrics::Metrics,
@@ -222,7 +222,7 @@ async fn publish(
         .iter()
         .map(|m| service_config(m, &resolve(&m.spec, ns, pods.iter().map(|p| p.as_ref()))))
         .collect();
-    let config = mesh_config(entries);
+    let config = MeshConfig::new(entries);
     let previous: HashMap<String, ServiceConfig> = match &published.config {
         Some(c) => c
             .services
