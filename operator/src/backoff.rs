@@ -125,7 +125,11 @@ mod tests {
         let mut distinct = draws.clone();
         distinct.sort();
         distinct.dedup();
-        assert!(distinct.len() > 900, "only {} distinct delays", distinct.len());
+        assert!(
+            distinct.len() > 900,
+            "only {} distinct delays",
+            distinct.len()
+        );
     }
 
     #[test]
@@ -152,6 +156,10 @@ mod tests {
                 .iter()
                 .all(|d| (nominal.mul_f64(0.8)..=nominal.mul_f64(1.2)).contains(d))
         );
-        assert!(second.iter().any(|d| *d != second[0]), "all equal: {:?}", second[0]);
+        assert!(
+            second.iter().any(|d| *d != second[0]),
+            "all equal: {:?}",
+            second[0]
+        );
     }
 }
