@@ -46,6 +46,8 @@ use crate::{
 };
 
 mod publication;
+#[cfg(test)]
+mod scenarios;
 mod watches;
 mod writes;
 
