@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use infermesh_crds::{ModelService, ModelServiceStatus, mesh::MeshConfig};
+use infermesh_crds::{ModelService, ModelServiceStatus};
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::runtime::{
     controller::Action,
@@ -15,7 +15,7 @@ use kube::runtime::{
     reflector::{self, store::Writer},
     watcher,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{Context, FINALIZER, RESYNC, error_policy, reconcile};
 use crate::{
@@ -26,16 +26,8 @@ use crate::{
     },
 };
 
-const MS: &str = "/apis/infermesh.io/v1alpha1/namespaces/ns/modelservices/llm";
-const CM: &str = "/api/v1/namespaces/ns/configmaps/infermesh-mesh-config";
-const ROLE: &str =
-    "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/infermesh-mesh-config-reader";
-const BINDING: &str =
-    "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings/infermesh-mesh-config-reader";
-const SVC: &str = "/api/v1/namespaces/ns/services/llm";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events?";
-/// The query of a forced server-side apply by the operator's field manager.
-const APPLY: &str = "?&force=true&fieldManager=infermesh-operator";
+mod calls;
+use calls::*;
 
 fn store<K>(objects: Vec<K>) -> (reflector::Store<K>, Writer<K>)
 where
@@ -95,202 +87,6 @@ fn pods() -> Vec<Pod> {
         pod("llm-v1", "ns", "v1", Some("198.18.64.5"), true, true),
         pod("llm-v2", "ns", "v2", Some("198.18.64.6"), true, true),
     ]
-}
-
-fn managed() -> Value {
-    json!({"app.kubernetes.io/managed-by": "infermesh-operator"})
-}
-
-/// The owner reference every ModelService `name` puts on the namespace-wide objects.
-fn shared_owner(name: &str) -> Value {
-    json!({
-        "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService",
-        "name": name, "uid": format!("uid-{name}"),
-    })
-}
-
-fn reader_meta(owners: &[&str]) -> Value {
-    json!({
-        "name": "infermesh-mesh-config-reader", "namespace": "ns", "labels": managed(),
-        "ownerReferences": owners.iter().map(|o| shared_owner(o)).collect::<Vec<_>>(),
-    })
-}
-
-/// The mesh ConfigMap's apply: owned by `owners`, `llm`'s entry with these weights and one
-/// endpoint per variant; the revision in the annotation is the one in `mesh.json`.
-fn apply_config_map(owners: &[&'static str], stable: u32) -> Call {
-    let owners_json: Vec<Value> = owners.iter().map(|o| shared_owner(o)).collect();
-    Call::patch(format!("{CM}{APPLY}"))
-        .includes(json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {
-                "name": "infermesh-mesh-config", "namespace": "ns", "labels": managed(),
-                "ownerReferences": owners_json,
-            },
-        }))
-        .check(move |body| {
-            let json = body["data"]["mesh.json"].as_str().expect("mesh.json");
-            let config: MeshConfig = serde_json::from_str(json).expect("a mesh config");
-            assert_eq!(
-                body["metadata"]["annotations"]["infermesh.io/revision"],
-                json!(config.revision)
-            );
-            assert_eq!(config.revision, MeshConfig::revision_of(&config.services));
-            let entry = serde_json::to_value(
-                config
-                    .services
-                    .iter()
-                    .find(|s| s.name == "llm")
-                    .expect("llm's entry"),
-            )
-            .unwrap();
-            let expected = json!({"name": "llm", "namespace": "ns", "port": 8080, "variants": [
-                {"name": "stable", "weight": stable, "endpoints": [
-                    {"address": "198.18.64.5:15006", "pod": "llm-v1", "meshed": true}]},
-                {"name": "canary", "weight": 100 - stable, "endpoints": [
-                    {"address": "198.18.64.6:15006", "pod": "llm-v2", "meshed": true}]},
-            ]});
-            assert!(
-                crate::fixtures::api_server::includes(&entry, &expected),
-                "{entry:#}"
-            );
-        })
-}
-
-fn apply_role(owners: &[&str]) -> Call {
-    Call::patch(format!("{ROLE}{APPLY}")).body(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": reader_meta(owners),
-        "rules": [{
-            "apiGroups": [""], "resources": ["configmaps"],
-            "resourceNames": ["infermesh-mesh-config"], "verbs": ["get", "list", "watch"],
-        }],
-    }))
-}
-
-fn apply_binding(owners: &[&str]) -> Call {
-    Call::patch(format!("{BINDING}{APPLY}")).body(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": reader_meta(owners),
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-            "name": "infermesh-mesh-config-reader",
-        },
-        "subjects": [{
-            "apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
-            "name": "system:serviceaccounts:ns",
-        }],
-    }))
-}
-
-fn front_service() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {
-            "name": "llm", "namespace": "ns",
-            "labels": {
-                "app.kubernetes.io/managed-by": "infermesh-operator",
-                "infermesh.io/modelservice": "llm",
-            },
-            "ownerReferences": [{
-                "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService", "name": "llm",
-                "uid": "uid-llm", "controller": true,
-            }],
-        },
-        "spec": {
-            "selector": {"infermesh.io/modelservice": "llm"},
-            "ports": [{"name": "http", "port": 80, "targetPort": 15006, "protocol": "TCP"}],
-        },
-    })
-}
-
-fn apply_service() -> Call {
-    Call::patch(format!("{SVC}{APPLY}")).body(front_service())
-}
-
-/// The status apply of `ms`, Ready with both variants served at these weights; answered with
-/// `ms` carrying the status, as the API server would.
-fn write_status(ms: &ModelService, stable: i32, generation: i64) -> Call {
-    let weights = format!("stable={stable},canary={}", 100 - stable);
-    let mut reply = serde_json::to_value(ms).unwrap();
-    Call::patch(format!("{MS}/status{APPLY}"))
-        .includes(json!({
-            "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService",
-            "status": {
-                "observedGeneration": generation,
-                "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "Ready",
-                     "observedGeneration": generation},
-                    {"type": "ConfigGenerated", "status": "True", "reason": "Published"},
-                    {"type": "EndpointsAvailable", "status": "True", "reason": "EndpointsReady",
-                     "message": "2 ready endpoint(s) across 2 variant(s)"},
-                ],
-                "variants": [
-                    {"name": "stable", "weight": stable, "readyEndpoints": 1},
-                    {"name": "canary", "weight": 100 - stable, "readyEndpoints": 1},
-                ],
-                "variantWeights": weights,
-                "readyEndpoints": 2,
-            },
-        }))
-        .reply_from(move |body| {
-            reply["status"] = body["status"].clone();
-            reply
-        })
-}
-
-fn event(reason: &str, type_: &str, action: &str) -> Call {
-    Call::post(EVENTS).includes(json!({
-        "reason": reason, "type": type_, "action": action,
-        "reportingController": "infermesh-operator", "reportingInstance": "test",
-        "regarding": {
-            "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService",
-            "name": "llm", "namespace": "ns", "uid": "uid-llm",
-        },
-    }))
-}
-
-fn add_finalizer(ms: &ModelService) -> Call {
-    Call::patch(format!("{MS}?"))
-        .body(json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-        ]))
-        .reply(serde_json::to_value(finalized(ms.clone())).unwrap())
-}
-
-fn remove_finalizer(ms: &ModelService) -> Call {
-    let mut gone = ms.clone();
-    gone.metadata.finalizers = None;
-    Call::patch(format!("{MS}?"))
-        .body(json!([
-            {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
-            {"op": "remove", "path": "/metadata/finalizers/0"},
-        ]))
-        .reply(serde_json::to_value(gone).unwrap())
-}
-
-/// `ms` as the next reconcile sees it: with the status the API server took from `body`.
-fn with_status_from(mut ms: ModelService, body: &Value) -> ModelService {
-    let status: ModelServiceStatus =
-        serde_json::from_value(body["status"].clone()).expect("a ModelService status");
-    ms.status = Some(status);
-    ms
-}
-
-/// The namespace revision a status apply reports.
-fn revision(status_body: &Value) -> String {
-    status_body["status"]["revision"]
-        .as_str()
-        .expect("a revision")
-        .to_string()
-}
-
-fn config_map_revision(body: &Value) -> String {
-    body["metadata"]["annotations"]["infermesh.io/revision"]
-        .as_str()
-        .expect("a revision annotation")
-        .to_string()
 }
 
 /// What the create scenario leaves behind.
