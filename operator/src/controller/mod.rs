@@ -192,7 +192,10 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
             .collect(),
     );
 
-    let now = Time(Timestamp::now());
+    // To the second, as the API keeps status times: a finer time kept for the entry would never
+    // equal the status read back, and an unchanged status would be rewritten at every reconcile.
+    let now = Timestamp::now();
+    let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
     let stamp = {
         let namespace = ctx.publications.namespace(&ns);
         let mut published = namespace.published.lock().await;
