@@ -305,7 +305,7 @@ fn modelservice_is_reconciled_over_two_deployments() {
         metrics.contains("infermesh_operator_reconciles_total"),
         "{metrics}"
     );
-    assert_eq!(op.admin_get("/readyz").map(|r| r.0), Some(200));
+    assert_eq!(op.admin_get("/ready").map(|r| r.0), Some(200));
 
     // Deletion cleans up the config, the Service and the RBAC, then lets the object go.
     kubectl_ok(&["delete", "msvc", "llm", "-n", n, "--timeout=30s"], None);
@@ -448,7 +448,7 @@ fn only_one_operator_leads_and_a_standby_takes_over() {
         .unwrap_or_else(|| panic!("first operator never led\n{}", a.log()));
     let b = OperatorProcess::start(n, "lease-b");
     wait_for(Duration::from_secs(10), || {
-        b.admin_get("/readyz").filter(|r| r.1.contains("standby"))
+        b.admin_get("/ready").filter(|r| r.1.contains("standby"))
     })
     .unwrap_or_else(|| panic!("second operator not standing by\n{}", b.log()));
     std::thread::sleep(Duration::from_secs(3));

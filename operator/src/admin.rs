@@ -1,5 +1,6 @@
-//! Admin HTTP server: `/healthz` (the process is working), `/readyz` (startup checks passed),
-//! `/metrics` (Prometheus text).
+//! Admin HTTP server on the probe convention every infermesh binary shares (`infermesh-admin`):
+//! `/live` (the process is working: 503 once the controller or the lease loop failed), `/ready`
+//! (startup checks passed; the body says leader or standby), `/metrics` (OpenMetrics text).
 
 use std::{
     net::SocketAddr,
@@ -10,12 +11,9 @@ use std::{
 };
 
 use axum::{
-    Router,
-    extract::State,
-    http::{StatusCode, header},
-    response::IntoResponse,
-    routing::get,
+    Router, body::Body, extract::State, http::StatusCode, response::IntoResponse, routing::get,
 };
+use infermesh_admin::{LIVE_PATH, METRICS_PATH, READY_PATH, openmetrics_response};
 
 use crate::metrics::Metrics;
 
@@ -38,13 +36,13 @@ struct AdminState {
 
 pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .route(LIVE_PATH, get(live))
+        .route(READY_PATH, get(ready))
+        .route(METRICS_PATH, get(metrics_text))
         .with_state(AdminState { health, metrics })
 }
 
-async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+async fn live(State(s): State<AdminState>) -> impl IntoResponse {
     if s.health.failed.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "controller stopped\n")
     } else {
@@ -52,7 +50,7 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
     let h = &s.health;
     if h.failed.load(Ordering::Relaxed) || !h.started.load(Ordering::Relaxed) {
         return (
@@ -68,13 +66,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+    openmetrics_response::<Body>(s.metrics.render())
 }
 
 /// Serves the admin router on `addr` until the process exits.
@@ -112,17 +104,18 @@ mod tests {
         let app = router(health.clone(), metrics.clone());
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-        assert_eq!(get_text(addr, "/readyz").await.0, 503);
-        assert_eq!(get_text(addr, "/healthz").await.0, 200);
+        assert_eq!(get_text(addr, READY_PATH).await.0, 503);
+        assert_eq!(get_text(addr, LIVE_PATH).await.0, 200);
         health.started.store(true, Ordering::Relaxed);
-        let (code, body) = get_text(addr, "/readyz").await;
+        let (code, body) = get_text(addr, READY_PATH).await;
         assert_eq!(code, 200);
         assert!(body.contains("standby"));
         health.failed.store(true, Ordering::Relaxed);
-        assert_eq!(get_text(addr, "/healthz").await.0, 503);
-        let (code, body) = get_text(addr, "/metrics").await;
+        assert_eq!(get_text(addr, LIVE_PATH).await.0, 503);
+        let (code, body) = get_text(addr, METRICS_PATH).await;
         assert_eq!(code, 200);
         assert!(body.contains("infermesh_operator_reconciles_total"));
+        assert!(body.contains("application/openmetrics-text"), "{body}");
         server.abort();
     }
 }

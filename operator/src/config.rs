@@ -1,12 +1,13 @@
 //! Mesh config generation: a ModelService spec plus its resolved endpoints becomes the
-//! [`ServiceConfig`] the sidecars enforce; all ModelServices of a namespace become one
-//! [`MeshConfig`] whose revision is a hash of its content.
+//! [`ServiceConfig`] the sidecars enforce. A namespace's entries become one config through
+//! `MeshConfig::new` (in `infermesh_crds::mesh`), which sorts them and stamps the revision, so the
+//! operator and the sidecar share one definition of both.
 
 use infermesh_crds::{
     ModelService,
     duration::Duration,
     mesh::{
-        self, ConcurrencyConfig, HeaderMatch, HeaderValueMatch, LoadBalancingConfig, MeshConfig,
+        self, ConcurrencyConfig, HeaderMatch, HeaderValueMatch, LoadBalancingConfig,
         OutlierDetectionConfig, RetryConfig, RouteConfig, ServiceConfig, TimeoutConfig,
         VariantConfig,
     },
@@ -82,11 +83,6 @@ pub fn service_config(ms: &ModelService, resolved: &[ResolvedVariant]) -> Servic
             })
             .unwrap_or_default(),
     }
-}
-
-/// One namespace's config: services sorted by name, revision = hash of their content.
-pub fn mesh_config(services: Vec<ServiceConfig>) -> MeshConfig {
-    MeshConfig::new(services)
 }
 
 fn protocol(p: api::Protocol) -> mesh::Protocol {
@@ -176,6 +172,7 @@ mod tests {
     use super::*;
     use crate::endpoints::resolve;
     use crate::fixtures::{model_service, pod, spec_with};
+    use infermesh_crds::mesh::MeshConfig;
     use infermesh_crds::model_service::{
         Backoff, HeaderMatch as ApiHeaderMatch, LoadBalancing, LoadBalancingPolicy,
         OutlierDetection, Retries, RetryBudget, RetryOn, Route, RouteMatch, Timeouts,
@@ -300,15 +297,15 @@ mod tests {
         let b = model_service("b", "ns", spec_with(&[("stable", 100, "v1")]));
         let sa = service_config(&a, &resolve(&a.spec, "ns", &[]));
         let sb = service_config(&b, &resolve(&b.spec, "ns", &[]));
-        let one = mesh_config(vec![sb.clone(), sa.clone()]);
-        let two = mesh_config(vec![sa.clone(), sb.clone()]);
+        let one = MeshConfig::new(vec![sb.clone(), sa.clone()]);
+        let two = MeshConfig::new(vec![sa.clone(), sb.clone()]);
         assert_eq!(one.services[0].name, "a");
         assert_eq!(one, two, "order of input must not matter");
         assert_eq!(one.revision.len(), 16);
 
         let pods = [pod("p", "ns", "v1", Some("198.18.64.5"), true, false)];
         let sa2 = service_config(&a, &resolve(&a.spec, "ns", &pods));
-        let three = mesh_config(vec![sa2, sb]);
+        let three = MeshConfig::new(vec![sa2, sb]);
         assert_ne!(
             three.revision, one.revision,
             "a new endpoint is a new revision"
@@ -318,7 +315,7 @@ mod tests {
     #[test]
     fn config_round_trips_through_the_sidecar_contract() {
         let ms = model_service("llm", "ns", full_spec());
-        let cfg = mesh_config(vec![service_config(&ms, &resolve(&ms.spec, "ns", &[]))]);
+        let cfg = MeshConfig::new(vec![service_config(&ms, &resolve(&ms.spec, "ns", &[]))]);
         let json = serde_json::to_string(&cfg).unwrap();
         let back: MeshConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, cfg);

@@ -36,7 +36,7 @@ mod status;
     about = "Reconciles infermesh ModelServices"
 )]
 struct Args {
-    /// Address of the admin server (/healthz, /readyz, /metrics).
+    /// Address of the admin server (/live, /ready, /metrics).
     #[arg(long, env = "INFERMESH_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
     /// Watch only this namespace (default: every namespace).
@@ -97,27 +97,6 @@ async fn check_crd(client: &Client, namespace: Option<&str>) -> anyhow::Result<(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -146,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(args.lease_seconds.max(3)),
         )
     });
-    let mut shutdown = Box::pin(shutdown_signal());
+    let mut shutdown = Box::pin(infermesh_admin::shutdown_signal());
     if let Some(e) = &elector {
         tokio::select! {
             _ = e.acquire(Duration::from_secs(2)) => {},
@@ -181,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
     let lost_flag = lost.clone();
     let stop = async move {
         tokio::select! {
-            _ = shutdown => tracing::info!("shutdown signal received"),
+            signal = shutdown => tracing::info!(%signal, "shutdown signal received"),
             Ok(()) = lost_rx => lost_flag.store(true, Ordering::Relaxed),
         }
     };

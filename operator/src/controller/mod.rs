@@ -1,0 +1,353 @@
+//! The ModelService reconciler: resolves each variant's endpoints from the pod cache, publishes the
+//! namespace's mesh config, the fronting Service and the reader RBAC (server-side apply), writes the
+//! status, records events on transitions, and cleans up behind a finalizer.
+//!
+//! This file is the contract — [`Context`], `reconcile` (the finalizer dispatching to `apply` and
+//! `cleanup`), `error_policy` and [`run`]. Below it: `publication` (what was published in each
+//! namespace, and the decisions taken from it), `watches` (what wakes a reconcile) and `writes`
+//! (the API calls).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use infermesh_crds::{
+    ModelService,
+    mesh::{CONFIG_MAP_NAME, MeshConfig, ServiceConfig},
+};
+use k8s_openapi::{
+    api::{
+        core::v1::{ConfigMap, Pod, Service},
+        rbac::v1::{Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        controller::{Action, Config as ControllerConfig, Controller},
+        events::Recorder,
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::{self, Store},
+    },
+};
+
+use crate::{
+    backoff::Backoff,
+    endpoints::resolve,
+    error::Error,
+    metrics::Metrics,
+    resources,
+    status::{self, Observation},
+};
+
+mod publication;
+#[cfg(test)]
+mod scenarios;
+mod watches;
+mod writes;
+
+use publication::{Namespace, Publications, Published};
+use watches::EndpointIndex;
+pub use watches::Scope;
+
+/// Finalizer that keeps a deleted ModelService until its config entry and Service are gone.
+pub const FINALIZER: &str = "infermesh.io/cleanup";
+/// Periodic re-check of a healthy ModelService.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pods: Store<Pod>,
+    services: Store<ModelService>,
+    publications: Publications,
+    backoff: std::sync::Mutex<Backoff>,
+    listed: EndpointIndex,
+}
+
+impl Context {
+    fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        pods: Store<Pod>,
+        services: Store<ModelService>,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            pods,
+            services,
+            publications: Publications::default(),
+            backoff: Default::default(),
+            listed: EndpointIndex::default(),
+        }
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Live (not deleting) ModelServices of `ns`, except `skip_uid`.
+    fn members(&self, ns: &str, skip_uid: Option<&str>) -> Vec<Arc<ModelService>> {
+        let mut v = self.services.state_filter(|ms| {
+            ms.namespace().as_deref() == Some(ns)
+                && ms.metadata.deletion_timestamp.is_none()
+                && ms.uid().as_deref() != skip_uid
+        });
+        v.sort_by_key(|ms| ms.name_any());
+        v
+    }
+
+    fn namespace_pods(&self, ns: &str) -> Vec<Arc<Pod>> {
+        self.pods
+            .state_filter(|p| p.namespace().as_deref() == Some(ns))
+    }
+}
+
+fn key(ms: &ModelService) -> String {
+    format!("{}/{}", ms.namespace().unwrap_or_default(), ms.name_any())
+}
+
+async fn reconcile(ms: Arc<ModelService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let ns = ms.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<ModelService> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, ms.clone(), |event| async {
+        match event {
+            Finalizer::Apply(ms) => apply(&ms, &ctx).await,
+            Finalizer::Cleanup(ms) => cleanup(&ms, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.backoff().succeeded(&key(&ms));
+    }
+    result
+}
+
+fn error_policy(ms: Arc<ModelService>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff().failed(&key(&ms));
+    ctx.metrics.failed(error.reason());
+    tracing::warn!(modelservice = %key(&ms), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn wait_for_pods(ctx: &Context) -> Result<(), Error> {
+    const LIMIT: Duration = Duration::from_secs(30);
+    match tokio::time::timeout(LIMIT, ctx.pods.wait_until_ready()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Error::PodCacheNotReady(LIMIT)),
+    }
+}
+
+/// Publishes `ns`'s mesh config from the caches (ModelServices in `members`), and the reader
+/// RBAC with it, unless the same config was written recently. Returns the config and the entries
+/// published before it. Must run under the namespace lock (`published`).
+async fn publish(
+    ctx: &Context,
+    ns: &str,
+    namespace: &Namespace,
+    members: &[Arc<ModelService>],
+    published: &mut Published,
+) -> Result<(MeshConfig, HashMap<String, ServiceConfig>), Error> {
+    let config = publication::desired(ns, members, &ctx.namespace_pods(ns));
+    let previous = match published.previous_entries() {
+        Some(entries) => entries,
+        None => publication::entries_of(writes::read_published(&ctx.client, ns).await?),
+    };
+    let republish = namespace.take_republish();
+    if !published.is_fresh(&config, republish, Instant::now()) {
+        published.expire();
+        let owners: Vec<&ModelService> = members.iter().map(|m| m.as_ref()).collect();
+        writes::apply_published(&ctx.client, ns, &config, &owners).await?;
+        if published.written(&config, Instant::now()) {
+            tracing::info!(namespace = ns, revision = %config.revision, services = config.services.len(), "mesh config published");
+        }
+    }
+    published.current(config.clone());
+    Ok((config, previous))
+}
+
+async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
+    wait_for_pods(ctx).await?;
+    let ns = ms.namespace().ok_or(Error::MissingNamespace)?;
+    let name = ms.name_any();
+    let pods = ctx.namespace_pods(&ns);
+    let resolved = resolve(&ms.spec, &ns, pods.iter().map(|p| p.as_ref()));
+    ctx.listed.set(
+        key(ms),
+        resolved
+            .iter()
+            .flat_map(|v| v.endpoints.iter().filter_map(|e| e.pod.clone()))
+            .collect(),
+    );
+
+    // To the second, as the API keeps status times: a finer time kept for the entry would never
+    // equal the status read back, and an unchanged status would be rewritten at every reconcile.
+    let now = Timestamp::now();
+    let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
+    let stamp = {
+        let namespace = ctx.publications.namespace(&ns);
+        let mut published = namespace.published.lock().await;
+        let mut members = ctx.members(&ns, ms.uid().as_deref());
+        members.push(Arc::new(ms.clone()));
+        let (config, previous) = publish(ctx, &ns, &namespace, &members, &mut published).await?;
+        let changed = publication::entry_changed(&previous, &config, &name);
+        published.stamp(&name, changed, ms.status.as_ref(), &config.revision, &now)
+    };
+
+    let svc = resources::front_service(ms);
+    writes::ssa(&ctx.client, &ns, &name, &svc, "apply fronting Service").await?;
+
+    let obs = Observation {
+        generation: ms.metadata.generation,
+        resolved: &resolved,
+        revision: stamp.revision,
+        published_at: stamp.at,
+    };
+    let prev = ms.status.as_ref();
+    let next = status::compute_status(&ms.spec, prev, &obs, &now);
+    if prev != Some(&next) {
+        writes::write_status(&ctx.client, &ns, &name, &next).await?;
+    }
+    for notice in status::notices(&ms.spec, prev, &next, &resolved) {
+        writes::publish_event(
+            &ctx.recorder,
+            ms,
+            notice.warning,
+            notice.reason,
+            notice.note,
+            "Reconcile",
+        )
+        .await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
+    wait_for_pods(ctx).await?;
+    let ns = ms.namespace().ok_or(Error::MissingNamespace)?;
+    let name = ms.name_any();
+    {
+        let namespace = ctx.publications.namespace(&ns);
+        let mut published = namespace.published.lock().await;
+        let members = ctx.members(&ns, ms.uid().as_deref());
+        if members.is_empty() {
+            writes::delete_if_present(
+                &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
+                CONFIG_MAP_NAME,
+                "delete mesh config ConfigMap",
+            )
+            .await?;
+            writes::delete_if_present(
+                &Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns),
+                resources::READER_ROLE,
+                "delete reader RoleBinding",
+            )
+            .await?;
+            writes::delete_if_present(
+                &Api::<Role>::namespaced(ctx.client.clone(), &ns),
+                resources::READER_ROLE,
+                "delete reader Role",
+            )
+            .await?;
+            *published = Published::default();
+        } else {
+            published.expire();
+            match publish(ctx, &ns, &namespace, &members, &mut published).await {
+                Ok(_) => {}
+                // The namespace is being deleted (nothing may be created in it) or is gone:
+                // the config goes with it, so the ModelService may go too.
+                Err(Error::Kube {
+                    source: kube::Error::Api(s),
+                    ..
+                }) if s.code == 403 || s.code == 404 => {
+                    tracing::info!(namespace = %ns, reason = %s.message, "mesh config not rewritten during cleanup");
+                    *published = Published::default();
+                }
+                Err(e) => return Err(e),
+            }
+            published.forget(&name);
+        }
+    }
+    let owned = writes::read_service(&ctx.client, &ns, &name)
+        .await?
+        .is_some_and(|svc| resources::is_controlled_by(&svc, ms));
+    if owned {
+        writes::delete_if_present(
+            &Api::<Service>::namespaced(ctx.client.clone(), &ns),
+            &name,
+            "delete fronting Service",
+        )
+        .await?;
+    }
+    ctx.listed.set(key(ms), HashSet::new());
+    writes::publish_event(
+        &ctx.recorder,
+        ms,
+        false,
+        "Cleanup",
+        format!("removed {name} from the mesh config and deleted its Service"),
+        "Delete",
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    scope: Scope,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (services, ms_writer) = reflector::store::<ModelService>();
+    let ms_stream = watches::model_services(&client, &scope, ms_writer);
+    let pod_stream = watches::pods(&client, &scope, pod_writer);
+    let cms = watches::deletions::<ConfigMap>(&client, &scope);
+    let roles = watches::deletions::<Role>(&client, &scope);
+    let bindings = watches::deletions::<RoleBinding>(&client, &scope);
+    let owned = watches::api_for::<Service>(&client, &scope);
+
+    let ctx = Arc::new(Context::new(
+        client,
+        recorder,
+        metrics,
+        pods,
+        services.clone(),
+    ));
+    let pod_mapper = watches::pod_to_model_services(services.clone(), ctx.listed.clone());
+
+    Controller::for_stream(ms_stream, services)
+        .owns(owned, watches::managed())
+        .watches_stream(pod_stream, pod_mapper)
+        .watches_stream(cms, watches::republish(ctx.clone()))
+        .watches_stream(roles, watches::republish(ctx.clone()))
+        .watches_stream(bindings, watches::republish(ctx.clone()))
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(scope.concurrency)
+                .debounce(Duration::from_millis(100)),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(modelservice = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}

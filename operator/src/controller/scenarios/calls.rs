@@ -1,0 +1,212 @@
+//! The requests a reconcile of `llm` in namespace `ns` is expected to send, as scripted calls
+//! with their exact paths and bodies, and readers of what those bodies carried.
+
+use infermesh_crds::{ModelService, ModelServiceStatus, mesh::MeshConfig};
+use serde_json::{Value, json};
+
+use super::{FINALIZER, finalized};
+use crate::fixtures::api_server::{Call, includes};
+
+pub(super) const MS: &str = "/apis/infermesh.io/v1alpha1/namespaces/ns/modelservices/llm";
+pub(super) const CM: &str = "/api/v1/namespaces/ns/configmaps/infermesh-mesh-config";
+pub(super) const ROLE: &str =
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/infermesh-mesh-config-reader";
+pub(super) const BINDING: &str =
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings/infermesh-mesh-config-reader";
+pub(super) const SVC: &str = "/api/v1/namespaces/ns/services/llm";
+pub(super) const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events?";
+/// The query of a forced server-side apply by the operator's field manager.
+pub(super) const APPLY: &str = "?&force=true&fieldManager=infermesh-operator";
+
+pub(super) fn managed() -> Value {
+    json!({"app.kubernetes.io/managed-by": "infermesh-operator"})
+}
+
+/// The owner reference every ModelService `name` puts on the namespace-wide objects.
+pub(super) fn shared_owner(name: &str) -> Value {
+    json!({
+        "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService",
+        "name": name, "uid": format!("uid-{name}"),
+    })
+}
+
+pub(super) fn reader_meta(owners: &[&str]) -> Value {
+    json!({
+        "name": "infermesh-mesh-config-reader", "namespace": "ns", "labels": managed(),
+        "ownerReferences": owners.iter().map(|o| shared_owner(o)).collect::<Vec<_>>(),
+    })
+}
+
+/// The mesh ConfigMap's apply: owned by `owners`, `llm`'s entry with these weights and one
+/// endpoint per variant; the revision in the annotation is the one in `mesh.json`.
+pub(super) fn apply_config_map(owners: &[&'static str], stable: u32) -> Call {
+    let owners_json: Vec<Value> = owners.iter().map(|o| shared_owner(o)).collect();
+    Call::patch(format!("{CM}{APPLY}"))
+        .includes(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": "infermesh-mesh-config", "namespace": "ns", "labels": managed(),
+                "ownerReferences": owners_json,
+            },
+        }))
+        .check(move |body| {
+            let json = body["data"]["mesh.json"].as_str().expect("mesh.json");
+            let config: MeshConfig = serde_json::from_str(json).expect("a mesh config");
+            assert_eq!(
+                body["metadata"]["annotations"]["infermesh.io/revision"],
+                json!(config.revision)
+            );
+            assert_eq!(config.revision, MeshConfig::revision_of(&config.services));
+            let entry = serde_json::to_value(
+                config
+                    .services
+                    .iter()
+                    .find(|s| s.name == "llm")
+                    .expect("llm's entry"),
+            )
+            .unwrap();
+            let expected = json!({"name": "llm", "namespace": "ns", "port": 8080, "variants": [
+                {"name": "stable", "weight": stable, "endpoints": [
+                    {"address": "198.18.64.5:15006", "pod": "llm-v1", "meshed": true}]},
+                {"name": "canary", "weight": 100 - stable, "endpoints": [
+                    {"address": "198.18.64.6:15006", "pod": "llm-v2", "meshed": true}]},
+            ]});
+            assert!(includes(&entry, &expected), "{entry:#}");
+        })
+}
+
+pub(super) fn apply_role(owners: &[&str]) -> Call {
+    Call::patch(format!("{ROLE}{APPLY}")).body(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": reader_meta(owners),
+        "rules": [{
+            "apiGroups": [""], "resources": ["configmaps"],
+            "resourceNames": ["infermesh-mesh-config"], "verbs": ["get", "list", "watch"],
+        }],
+    }))
+}
+
+pub(super) fn apply_binding(owners: &[&str]) -> Call {
+    Call::patch(format!("{BINDING}{APPLY}")).body(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": reader_meta(owners),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+            "name": "infermesh-mesh-config-reader",
+        },
+        "subjects": [{
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+            "name": "system:serviceaccounts:ns",
+        }],
+    }))
+}
+
+pub(super) fn front_service() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": "llm", "namespace": "ns",
+            "labels": {
+                "app.kubernetes.io/managed-by": "infermesh-operator",
+                "infermesh.io/modelservice": "llm",
+            },
+            "ownerReferences": [{
+                "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService", "name": "llm",
+                "uid": "uid-llm", "controller": true,
+            }],
+        },
+        "spec": {
+            "selector": {"infermesh.io/modelservice": "llm"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 15006, "protocol": "TCP"}],
+        },
+    })
+}
+
+pub(super) fn apply_service() -> Call {
+    Call::patch(format!("{SVC}{APPLY}")).body(front_service())
+}
+
+/// The status apply of `ms`, Ready with both variants served at these weights; answered with
+/// `ms` carrying the status, as the API server would.
+pub(super) fn write_status(ms: &ModelService, stable: i32, generation: i64) -> Call {
+    let weights = format!("stable={stable},canary={}", 100 - stable);
+    let mut reply = serde_json::to_value(ms).unwrap();
+    Call::patch(format!("{MS}/status{APPLY}"))
+        .includes(json!({
+            "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService",
+            "status": {
+                "observedGeneration": generation,
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "Ready",
+                     "observedGeneration": generation},
+                    {"type": "ConfigGenerated", "status": "True", "reason": "Published"},
+                    {"type": "EndpointsAvailable", "status": "True", "reason": "EndpointsReady",
+                     "message": "2 ready endpoint(s) across 2 variant(s)"},
+                ],
+                "variants": [
+                    {"name": "stable", "weight": stable, "readyEndpoints": 1},
+                    {"name": "canary", "weight": 100 - stable, "readyEndpoints": 1},
+                ],
+                "variantWeights": weights,
+                "readyEndpoints": 2,
+            },
+        }))
+        .reply_from(move |body| {
+            reply["status"] = body["status"].clone();
+            reply
+        })
+}
+
+pub(super) fn event(reason: &str, type_: &str, action: &str) -> Call {
+    Call::post(EVENTS).includes(json!({
+        "reason": reason, "type": type_, "action": action,
+        "reportingController": "infermesh-operator", "reportingInstance": "test",
+        "regarding": {
+            "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService",
+            "name": "llm", "namespace": "ns", "uid": "uid-llm",
+        },
+    }))
+}
+
+pub(super) fn add_finalizer(ms: &ModelService) -> Call {
+    Call::patch(format!("{MS}?"))
+        .body(json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ]))
+        .reply(serde_json::to_value(finalized(ms.clone())).unwrap())
+}
+
+pub(super) fn remove_finalizer(ms: &ModelService) -> Call {
+    let mut gone = ms.clone();
+    gone.metadata.finalizers = None;
+    Call::patch(format!("{MS}?"))
+        .body(json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ]))
+        .reply(serde_json::to_value(gone).unwrap())
+}
+
+/// `ms` as the next reconcile sees it: with the status the API server took from `body`.
+pub(super) fn with_status_from(mut ms: ModelService, body: &Value) -> ModelService {
+    let status: ModelServiceStatus =
+        serde_json::from_value(body["status"].clone()).expect("a ModelService status");
+    ms.status = Some(status);
+    ms
+}
+
+/// The namespace revision a status apply reports.
+pub(super) fn revision(status_body: &Value) -> String {
+    status_body["status"]["revision"]
+        .as_str()
+        .expect("a revision")
+        .to_string()
+}
+
+pub(super) fn config_map_revision(body: &Value) -> String {
+    body["metadata"]["annotations"]["infermesh.io/revision"]
+        .as_str()
+        .expect("a revision annotation")
+        .to_string()
+}

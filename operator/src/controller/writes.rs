@@ -1,0 +1,176 @@
+//! The reconciler's calls to the API server, each turning a failure into an [`Error`] that says
+//! what was being done: server-side apply (forcing ownership of the fields we set, field manager
+//! [`MANAGER`]), deletes that treat "already gone" as done, the mesh ConfigMap read back after a
+//! restart, the status write, and Events, which are best effort.
+
+use std::fmt::Debug;
+
+use infermesh_crds::{
+    ModelService,
+    mesh::{CONFIG_MAP_NAME, MeshConfig},
+};
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::core::v1::{ConfigMap, Service},
+};
+use kube::{
+    Api, Client, Resource,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::key;
+use crate::{
+    error::Error,
+    resources::{self, MANAGER},
+};
+
+/// Applies `obj` (named `name` in `ns`) by server-side apply, forcing ownership of the fields it
+/// sets.
+pub async fn ssa<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    obj: &K,
+    what: &'static str,
+) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            action: what,
+            source,
+        })
+}
+
+/// Deletes `name`; one that is already gone counts as deleted.
+pub async fn delete_if_present<K>(api: &Api<K>, name: &str, what: &'static str) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: what,
+            source,
+        }),
+    }
+}
+
+/// Writes `ns`'s mesh ConfigMap and its reader Role and RoleBinding, in that order.
+pub async fn apply_published(
+    client: &Client,
+    ns: &str,
+    config: &MeshConfig,
+    owners: &[&ModelService],
+) -> Result<(), Error> {
+    let reader = resources::READER_ROLE;
+    let cm = resources::mesh_config_map(ns, config, owners)?;
+    ssa(
+        client,
+        ns,
+        CONFIG_MAP_NAME,
+        &cm,
+        "apply mesh config ConfigMap",
+    )
+    .await?;
+    let role = resources::reader_role(ns, owners);
+    ssa(client, ns, reader, &role, "apply mesh config reader Role").await?;
+    let rb = resources::reader_role_binding(ns, owners);
+    ssa(
+        client,
+        ns,
+        reader,
+        &rb,
+        "apply mesh config reader RoleBinding",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The mesh ConfigMap of `ns` as it is in the cluster, if any.
+pub async fn read_published(client: &Client, ns: &str) -> Result<Option<ConfigMap>, Error> {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(CONFIG_MAP_NAME)
+        .await
+        .map_err(|source| Error::Kube {
+            action: "read mesh config ConfigMap",
+            source,
+        })
+}
+
+/// The Service named `name` in `ns`, if any.
+pub async fn read_service(client: &Client, ns: &str, name: &str) -> Result<Option<Service>, Error> {
+    Api::<Service>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Kube {
+            action: "read fronting Service",
+            source,
+        })
+}
+
+/// Writes `status` as the ModelService's status subresource, by server-side apply.
+pub async fn write_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &infermesh_crds::ModelServiceStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": infermesh_crds::api_version(),
+        "kind": "ModelService",
+        "status": status,
+    });
+    Api::<ModelService>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            action: "write ModelService status",
+            source,
+        })?;
+    Ok(())
+}
+
+/// Records an Event about `ms`. Events are best effort: failing to record one must not fail the
+/// reconcile, so a failure is only logged.
+pub async fn publish_event(
+    recorder: &Recorder,
+    ms: &ModelService,
+    warning: bool,
+    reason: &str,
+    note: String,
+    action: &str,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &ms.object_ref(&())).await {
+        tracing::warn!(modelservice = %key(ms), error = %e, "recording an event failed");
+    }
+}
