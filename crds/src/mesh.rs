@@ -5,6 +5,12 @@
 //! endpoints. The sidecar may also read the same JSON from a file (`--config-file`). These types are
 //! the wire contract between control and data plane: plain data, durations in milliseconds, and
 //! defaults that let a hand-written file stay short.
+//!
+//! Parsing is strict: an unknown field (a typo such as `retires`) is an error that names it, never
+//! silently ignored, while a partial object (`"retries": {"attempts": 3}`) takes the defaults of
+//! what it leaves out. So that a sidecar of the previous release still reads what a newer operator
+//! writes, a field added to the contract is written only when the ModelService sets it
+//! (`skip_serializing_if`).
 
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +24,7 @@ pub const ROUTED_HEADER: &str = "x-infermesh-routed";
 
 /// Everything a sidecar enforces, for one namespace.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfig {
     /// Content revision (a hash of the services), so a sidecar can tell what it enforces.
     #[serde(default)]
@@ -65,7 +71,7 @@ pub fn fnv1a_extend(mut state: u64, bytes: &[u8]) -> u64 {
 
 /// One ModelService as the data plane sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
     #[serde(default)]
@@ -104,7 +110,7 @@ pub enum Protocol {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VariantConfig {
     pub name: String,
     /// Share of unrouted traffic, 0-100; the weights of a service sum to 100.
@@ -115,7 +121,7 @@ pub struct VariantConfig {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoint {
     /// `ip:port` to connect to: the pod's sidecar inbound port when `meshed`, else the model port.
     pub address: String,
@@ -128,7 +134,7 @@ pub struct Endpoint {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -170,7 +176,8 @@ pub enum RetryOn {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+// Fields left out take the defaults below, so `{"attempts": 3}` is a whole policy.
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Total tries including the first; 1 disables retries.
     pub attempts: u32,
@@ -208,7 +215,7 @@ impl Default for RetryConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TimeoutConfig {
     /// Whole request, first byte sent to last byte received; `None` means no cap (long streams).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,7 +239,7 @@ pub enum LoadBalancingPolicy {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancingConfig {
     #[serde(default)]
     pub policy: LoadBalancingPolicy,
@@ -242,7 +249,7 @@ pub struct LoadBalancingConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConcurrencyConfig {
     /// `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -255,7 +262,7 @@ pub struct ConcurrencyConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetectionConfig {
     /// Failed tries in a row that eject an endpoint; 0 turns ejection off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,6 +337,65 @@ mod tests {
             one.revision,
             MeshConfig::new(vec![svc("a", 2), svc("b", 1)]).revision
         );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let typo =
+            r#"{"services":[{"name":"llm","port":8000,"variants":[],"retires":{"attempts":3}}]}"#;
+        let err = serde_json::from_str::<MeshConfig>(typo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `retires`"), "{err}");
+        let nested = r#"{"services":[{"name":"llm","port":8000,
+            "variants":[{"name":"v","weight":100,"endpoints":[{"adress":"127.0.0.1:1"}]}]}]}"#;
+        let err = serde_json::from_str::<MeshConfig>(nested)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `adress`"), "{err}");
+        let top = r#"{"revison":"r1","services":[]}"#;
+        assert!(serde_json::from_str::<MeshConfig>(top).is_err());
+    }
+
+    #[test]
+    fn a_partial_retry_policy_takes_the_defaults_of_what_it_leaves_out() {
+        let json = r#"{"services":[{"name":"llm","port":8000,"variants":[],
+            "retries":{"attempts":3,"retryOn":["5xx"]}}]}"#;
+        let cfg: MeshConfig = serde_json::from_str(json).unwrap();
+        let r = &cfg.services[0].retries;
+        assert_eq!(r.attempts, 3);
+        assert_eq!(r.retry_on, [RetryOn::ServerError]);
+        let d = RetryConfig::default();
+        assert_eq!(
+            (
+                r.backoff_base_ms,
+                r.backoff_max_ms,
+                r.budget_ratio,
+                r.budget_min_per_second
+            ),
+            (
+                d.backoff_base_ms,
+                d.backoff_max_ms,
+                d.budget_ratio,
+                d.budget_min_per_second
+            )
+        );
+    }
+
+    #[test]
+    fn what_the_operator_writes_reads_back_unchanged() {
+        let json = r#"{"revision":"r","services":[{"name":"llm","namespace":"ns","port":8000,
+            "protocol":"HTTP2","variants":[{"name":"v","weight":100,
+            "endpoints":[{"address":"10.0.0.1:15006","pod":"p","meshed":true}]}],
+            "routes":[{"name":"beta","headers":[{"name":"x","regex":"b.*"}],"pathPrefix":"/v1","variant":"v"}],
+            "stickyHeader":"x-user","timeouts":{"requestMs":1000,"idleMs":100,"firstByteMs":50},
+            "loadBalancing":{"policy":"ConsistentHash","hashOn":"x-session"},
+            "concurrency":{"maxInFlightPerEndpoint":4,"maxQueue":2,"queueTimeoutMs":10},
+            "outlierDetection":{"consecutiveFailures":3}}]}"#;
+        let cfg: MeshConfig = serde_json::from_str(json).unwrap();
+        let again: MeshConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(cfg, again);
     }
 
     #[test]
