@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use infermesh_admin::{LIVE_PATH, METRICS_PATH, READY_PATH, openmetrics_response};
 
 use crate::body::ProxyBody;
 use crate::store::ConfigStore;
@@ -28,8 +29,8 @@ impl Admin {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"));
         }
         Ok(match req.uri().path() {
-            "/live" => text(StatusCode::OK, "live\n"),
-            "/ready" => {
+            LIVE_PATH => text(StatusCode::OK, "live\n"),
+            READY_PATH => {
                 if self.draining.load(Ordering::Acquire) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
                 } else if !self.store.is_loaded() {
@@ -46,16 +47,7 @@ impl Admin {
                     text(StatusCode::OK, "ready\n")
                 }
             }
-            "/metrics" => {
-                let mut r = text(StatusCode::OK, self.store.metrics.encode());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                r
-            }
+            METRICS_PATH => openmetrics_response(self.store.metrics.encode()),
             "/config" => {
                 let t = self.store.current();
                 let body = serde_json::json!({

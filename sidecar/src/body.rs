@@ -218,6 +218,12 @@ impl ProxyBody {
     }
 }
 
+impl From<String> for ProxyBody {
+    fn from(s: String) -> Self {
+        ProxyBody::full(s)
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -11,6 +11,10 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 
+/// Fraction of each ejection time drawn at random, so endpoints ejected together (one bad node,
+/// many sidecars) are not readmitted in lockstep.
+pub const EJECTION_JITTER: f64 = 0.5;
+
 /// Outlier-ejection settings (failure accrual).
 #[derive(Clone, Copy, Debug)]
 pub struct EjectionPolicy {
@@ -21,19 +25,30 @@ pub struct EjectionPolicy {
 }
 
 impl Default for EjectionPolicy {
+    /// The mesh contract's defaults (`OutlierDetectionConfig::DEFAULT_*`).
     fn default() -> Self {
-        Self {
-            consecutive_failures: 7,
-            backoff: Backoff {
-                base: Duration::from_secs(1),
-                max: Duration::from_secs(60),
-                jitter: 0.5,
-            },
-        }
+        Self::new(
+            OutlierDetectionConfig::DEFAULT_CONSECUTIVE_FAILURES,
+            Duration::from_millis(OutlierDetectionConfig::DEFAULT_BASE_EJECTION_MS),
+            Duration::from_millis(OutlierDetectionConfig::DEFAULT_MAX_EJECTION_MS),
+        )
     }
 }
 
 impl EjectionPolicy {
+    /// Ejection after `consecutive_failures`, for `base` doubling up to `max`, with
+    /// [`EJECTION_JITTER`].
+    pub fn new(consecutive_failures: u32, base: Duration, max: Duration) -> Self {
+        Self {
+            consecutive_failures,
+            backoff: Backoff {
+                base,
+                max,
+                jitter: EJECTION_JITTER,
+            },
+        }
+    }
+
     /// This policy with a service's own settings in place of the ones it sets. The longest
     /// ejection is never below the first.
     pub fn overridden_by(&self, o: &OutlierDetectionConfig) -> Self {
@@ -61,11 +76,18 @@ pub struct EwmaPolicy {
     pub decay: Duration,
 }
 
+impl EwmaPolicy {
+    /// The estimate of an endpoint that has not answered yet: a typical in-cluster round trip.
+    pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+    /// Long enough that one fast response does not erase a slow streak.
+    pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+}
+
 impl Default for EwmaPolicy {
     fn default() -> Self {
         Self {
-            default_rtt: Duration::from_millis(30),
-            decay: Duration::from_secs(10),
+            default_rtt: Self::DEFAULT_RTT,
+            decay: Self::DEFAULT_DECAY,
         }
     }
 }

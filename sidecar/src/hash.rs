@@ -5,15 +5,12 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
-/// FNV-1a 64 followed by a 64-bit finaliser: deterministic across processes, so sticky cohorts and
-/// consistent hashing agree between sidecars.
+use infermesh_crds::mesh::{FNV1A_OFFSET, fnv1a, fnv1a_extend};
+
+/// FNV-1a 64 (the mesh contract's hash, `infermesh_crds::mesh`) followed by a 64-bit finaliser:
+/// deterministic across processes, so sticky cohorts and consistent hashing agree between sidecars.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
+    mix(fnv1a(bytes))
 }
 
 /// FNV-1a as a [`Hasher`] for maps looked up on every request: on short keys far cheaper than
@@ -22,16 +19,13 @@ pub struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
+        Fnv(FNV1A_OFFSET)
     }
 }
 
 impl Hasher for Fnv {
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.0 = fnv1a_extend(self.0, bytes);
     }
 
     fn finish(&self) -> u64 {
@@ -87,6 +81,18 @@ mod tests {
             .filter(|i| stable_hash(format!("u{i}").as_bytes()) % 2 == 1)
             .count();
         assert!((400..600).contains(&odd), "{odd}");
+    }
+
+    /// Cohorts and ring points are where these values put them: a change here moves users
+    /// between variants on every sidecar at once.
+    #[test]
+    fn stable_hash_values_do_not_change() {
+        assert_eq!(stable_hash(b""), mix(0xcbf2_9ce4_8422_2325));
+        assert_eq!(stable_hash(b"user-1"), 0xc499_b5f8_a721_df58);
+        let mut h = Fnv::default();
+        h.write(b"user-");
+        h.write(b"1");
+        assert_eq!(h.finish(), stable_hash(b"user-1"));
     }
 
     #[test]

@@ -44,7 +44,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::Admin;
-use crate::backoff::Backoff;
 use crate::endpoint::{EjectionPolicy, EwmaPolicy};
 use crate::forward::Upstream;
 pub use crate::options::Options;
@@ -121,14 +120,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
     let proxy = Arc::new(Proxy {
         store: store.clone(),
         upstream: Upstream::new(opts.connect_timeout),
-        ejection: EjectionPolicy {
-            consecutive_failures: opts.eject_after,
-            backoff: Backoff {
-                base: opts.eject_base,
-                max: opts.eject_max,
-                jitter: 0.5,
-            },
-        },
+        ejection: EjectionPolicy::new(opts.eject_after, opts.eject_base, opts.eject_max),
         ewma,
     });
     let mut proxies = JoinSet::new();

@@ -13,7 +13,6 @@ use tokio::time::Instant;
 
 use crate::compile::{CompileContext, ConfigError, compile};
 use crate::endpoint::EwmaPolicy;
-use crate::hash::stable_hash;
 use crate::metrics::Metrics;
 use crate::table::RoutingTable;
 
@@ -58,8 +57,10 @@ impl ConfigStore {
         let result = serde_json::from_slice::<MeshConfig>(json)
             .map_err(ConfigError::from)
             .and_then(|mut cfg| {
+                // The operator's revision for the same services, so a hand-written config names
+                // its content the way a generated one does.
                 if cfg.revision.is_empty() {
-                    cfg.revision = format!("{:016x}", stable_hash(json));
+                    cfg.revision = MeshConfig::revision_of(&cfg.services);
                 }
                 self.apply(cfg)
             });
@@ -161,5 +162,15 @@ mod tests {
         let r = s.apply_json(json.as_bytes(), "test").unwrap();
         assert_eq!(r.len(), 16);
         assert_eq!(s.apply_json(json.as_bytes(), "test").unwrap(), r);
+    }
+
+    #[tokio::test]
+    async fn missing_revision_is_the_mesh_revision_of_the_services() {
+        let s = ConfigStore::new(Arc::new(Metrics::new()), None, EwmaPolicy::default());
+        let json = GOOD.replace(r#""revision":"r1","#, "");
+        let cfg: MeshConfig = serde_json::from_str(&json).unwrap();
+        let r = s.apply_json(json.as_bytes(), "test").unwrap();
+        assert_eq!(r, MeshConfig::revision_of(&cfg.services));
+        assert_eq!(s.current().revision, r);
     }
 }
