@@ -9,13 +9,13 @@ use infermesh_crds::mesh::{FNV1A_OFFSET, fnv1a, fnv1a_extend};
 
 /// FNV-1a 64 (the mesh contract's hash, `infermesh_crds::mesh`) followed by a 64-bit finaliser:
 /// deterministic across processes, so sticky cohorts and consistent hashing agree between sidecars.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     mix(fnv1a(bytes))
 }
 
 /// FNV-1a as a [`Hasher`] for maps looked up on every request: on short keys far cheaper than
 /// SipHash. Only for keys that come from the config (a client cannot choose colliding entries).
-pub struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -34,7 +34,7 @@ impl Hasher for Fnv {
 }
 
 /// A `HashMap` keyed by config values, hashed with [`Fnv`].
-pub type ConfigMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+pub(crate) type ConfigMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 /// splitmix64 finaliser: spreads FNV's weak low bits.
 fn mix(mut z: u64) -> u64 {
@@ -48,7 +48,7 @@ thread_local! {
 }
 
 /// A fast non-cryptographic random u64 (xorshift64*), seeded per thread.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     RNG.with(|c| {
         let mut x = c.get();
         x ^= x >> 12;
@@ -60,12 +60,12 @@ pub fn random_u64() -> u64 {
 }
 
 /// Uniform in `0..n` (`n > 0`); the modulo bias is negligible for the small `n` used here.
-pub fn random_below(n: usize) -> usize {
+pub(crate) fn random_below(n: usize) -> usize {
     (random_u64() % n.max(1) as u64) as usize
 }
 
 /// Uniform in `[0, 1)`.
-pub fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use clap::Parser;
 use infermesh_crds::mesh::OutlierDetectionConfig;
 
-use crate::endpoint::EwmaPolicy;
+use crate::endpoint::state::EwmaPolicy;
 
 /// A duration as a flag default (`30ms`, `60s`): the flags' defaults are written once, where the
 /// values they stand for are defined, and shown in `--help` as before.
@@ -88,8 +88,9 @@ pub struct Options {
     pub workers: usize,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Options {
-    /// Defaults with loopback ephemeral ports, for tests and benchmarks.
+    /// Defaults with loopback ephemeral ports, for tests (the `test-util` feature).
     pub fn loopback(config_file: PathBuf) -> Self {
         let mut o = Options::parse_from(["infermesh-sidecar"]);
         let any: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -111,7 +112,7 @@ mod tests {
     #[test]
     fn flag_defaults_are_the_policies_defaults() {
         let o = Options::parse_from(["infermesh-sidecar"]);
-        let ejection = crate::endpoint::EjectionPolicy::default();
+        let ejection = crate::endpoint::state::EjectionPolicy::default();
         assert_eq!(o.eject_after, ejection.consecutive_failures);
         assert_eq!(o.eject_base, ejection.backoff.base);
         assert_eq!(o.eject_max, ejection.backoff.max);
