@@ -28,6 +28,7 @@ deps:
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo test -p infermesh-sidecar --test layout --locked
 
 unit:
 	env -u KUBECONFIG cargo test --workspace --locked

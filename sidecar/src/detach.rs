@@ -9,10 +9,10 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 
 /// Chunks up to this size are copied; a larger one already fills most of its buffer.
-pub const SMALL_CHUNK: usize = 2048;
+pub(crate) const SMALL_CHUNK: usize = 2048;
 
 /// Re-points every header value at one fresh buffer holding just the values' bytes.
-pub fn header_values(headers: &mut HeaderMap) {
+pub(crate) fn header_values(headers: &mut HeaderMap) {
     let len = headers.values().map(HeaderValue::len).sum();
     let mut all = BytesMut::with_capacity(len);
     headers
@@ -33,7 +33,7 @@ pub fn header_values(headers: &mut HeaderMap) {
 }
 
 /// A copy of a small chunk; a large one is returned as it is.
-pub fn chunk(data: Bytes) -> Bytes {
+pub(crate) fn chunk(data: Bytes) -> Bytes {
     if data.len() <= SMALL_CHUNK {
         Bytes::copy_from_slice(&data)
     } else {

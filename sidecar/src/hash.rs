@@ -5,33 +5,27 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
-/// FNV-1a 64 followed by a 64-bit finaliser: deterministic across processes, so sticky cohorts and
-/// consistent hashing agree between sidecars.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
+use infermesh_crds::mesh::{FNV1A_OFFSET, fnv1a, fnv1a_extend};
+
+/// FNV-1a 64 (the mesh contract's hash, `infermesh_crds::mesh`) followed by a 64-bit finaliser:
+/// deterministic across processes, so sticky cohorts and consistent hashing agree between sidecars.
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    mix(fnv1a(bytes))
 }
 
 /// FNV-1a as a [`Hasher`] for maps looked up on every request: on short keys far cheaper than
 /// SipHash. Only for keys that come from the config (a client cannot choose colliding entries).
-pub struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
+        Fnv(FNV1A_OFFSET)
     }
 }
 
 impl Hasher for Fnv {
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.0 = fnv1a_extend(self.0, bytes);
     }
 
     fn finish(&self) -> u64 {
@@ -40,7 +34,7 @@ impl Hasher for Fnv {
 }
 
 /// A `HashMap` keyed by config values, hashed with [`Fnv`].
-pub type ConfigMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+pub(crate) type ConfigMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 /// splitmix64 finaliser: spreads FNV's weak low bits.
 fn mix(mut z: u64) -> u64 {
@@ -54,7 +48,7 @@ thread_local! {
 }
 
 /// A fast non-cryptographic random u64 (xorshift64*), seeded per thread.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     RNG.with(|c| {
         let mut x = c.get();
         x ^= x >> 12;
@@ -66,12 +60,12 @@ pub fn random_u64() -> u64 {
 }
 
 /// Uniform in `0..n` (`n > 0`); the modulo bias is negligible for the small `n` used here.
-pub fn random_below(n: usize) -> usize {
+pub(crate) fn random_below(n: usize) -> usize {
     (random_u64() % n.max(1) as u64) as usize
 }
 
 /// Uniform in `[0, 1)`.
-pub fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -87,6 +81,18 @@ mod tests {
             .filter(|i| stable_hash(format!("u{i}").as_bytes()) % 2 == 1)
             .count();
         assert!((400..600).contains(&odd), "{odd}");
+    }
+
+    /// Cohorts and ring points are where these values put them: a change here moves users
+    /// between variants on every sidecar at once.
+    #[test]
+    fn stable_hash_values_do_not_change() {
+        assert_eq!(stable_hash(b""), mix(0xcbf2_9ce4_8422_2325));
+        assert_eq!(stable_hash(b"user-1"), 0xc499_b5f8_a721_df58);
+        let mut h = Fnv::default();
+        h.write(b"user-");
+        h.write(b"1");
+        assert_eq!(h.finish(), stable_hash(b"user-1"));
     }
 
     #[test]

@@ -1,38 +1,32 @@
 //! infermesh sidecar: the data plane of the infermesh service mesh for AI inference.
 //!
-//! One request path ([`proxy`]) serves the inbound listener (requests for this pod's ModelService,
+//! One request path (`request`) serves the inbound listener (requests for this pod's ModelService,
 //! 15006) and the outbound one (the model calling other ModelServices, 15001): identify the
 //! service, choose a variant (routes, sticky cohorts, exact weighted split), balance over its
 //! endpoints, retry within a budget, and stream the response back untouched. The mesh config comes
-//! from a file or the Kubernetes API and is swapped atomically ([`store`]). The admin port (15020)
-//! serves readiness, liveness, Prometheus metrics and the config in force ([`admin`]).
+//! from a file or the Kubernetes API and is swapped atomically (`config`). The admin port (15020)
+//! serves readiness, liveness, Prometheus metrics and the config in force (`server`).
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod backoff;
-pub mod balance;
-pub mod body;
-pub mod bound;
-pub mod budget;
-pub mod compile;
-pub mod detach;
-pub mod endpoint;
-pub mod errors;
-pub mod forward;
-pub mod hash;
-pub mod headers;
-pub mod identify;
-pub mod limit;
-pub mod listener;
-pub mod metrics;
-pub mod options;
-pub mod pool;
-pub mod proxy;
-pub mod retry;
-pub mod route;
-pub mod source;
-pub mod store;
-pub mod table;
+// Bottom up: each module uses only the ones listed before it (`tests/layout.rs` fails on a
+// cycle). Small shared leaves:
+mod detach;
+mod hash;
+mod metrics;
+// Connections and bodies to an upstream address:
+mod upstream;
+// Endpoint state, limits, budget and backoff:
+mod endpoint;
+// The choice of variant and endpoint:
+mod routing;
+// The mesh config in force, compiled into the table the request path reads:
+mod config;
+// The request path:
+mod request;
+// Listeners and the admin port:
+mod server;
+// The flags, read by `start`:
+mod options;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,13 +37,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::admin::Admin;
-use crate::backoff::Backoff;
-use crate::endpoint::{EjectionPolicy, EwmaPolicy};
-use crate::forward::Upstream;
+use crate::config::source;
+use crate::config::store::ConfigStore;
+use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
 pub use crate::options::Options;
-use crate::proxy::{ConnInfo, Direction, Proxy};
-use crate::store::ConfigStore;
+use crate::request::headers::Forwarding;
+use crate::request::{ConnInfo, Direction, Proxy};
+use crate::server::admin::Admin;
+use crate::server::listener;
+use crate::upstream::forward::Upstream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -70,7 +66,6 @@ pub struct Sidecar {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
-    pub store: Arc<ConfigStore>,
     admin_state: Arc<Admin>,
     shutdown: watch::Sender<bool>,
     proxies: JoinSet<()>,
@@ -121,14 +116,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
     let proxy = Arc::new(Proxy {
         store: store.clone(),
         upstream: Upstream::new(opts.connect_timeout),
-        ejection: EjectionPolicy {
-            consecutive_failures: opts.eject_after,
-            backoff: Backoff {
-                base: opts.eject_base,
-                max: opts.eject_max,
-                jitter: 0.5,
-            },
-        },
+        ejection: EjectionPolicy::new(opts.eject_after, opts.eject_base, opts.eject_max),
         ewma,
     });
     let mut proxies = JoinSet::new();
@@ -141,7 +129,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
             let proxy = proxy.clone();
             let conn = Arc::new(ConnInfo {
                 direction,
-                forwarding: headers::Forwarding::new(peer.ip()),
+                forwarding: Forwarding::new(peer.ip()),
             });
             move |req| proxy.clone().handle(conn.clone(), req)
         };
@@ -166,7 +154,6 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         inbound: inbound_addr,
         outbound: outbound_addr,
         admin: admin_addr,
-        store,
         admin_state,
         shutdown,
         proxies,

@@ -66,12 +66,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         "infermesh-sidecar starting"
     );
     let sidecar = infermesh_sidecar::start(opts).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-    }
+    let signal = infermesh_admin::shutdown_signal().await;
+    tracing::info!(%signal, "draining");
     let drained = sidecar.shutdown(drain).await;
     tracing::info!(drained, "stopped");
     Ok(())

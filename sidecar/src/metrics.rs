@@ -11,26 +11,26 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VariantLabels {
-    pub service: String,
-    pub variant: String,
+pub(crate) struct VariantLabels {
+    pub(crate) service: String,
+    pub(crate) variant: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub service: String,
-    pub variant: String,
-    pub class: String,
+pub(crate) struct RequestLabels {
+    pub(crate) service: String,
+    pub(crate) variant: String,
+    pub(crate) class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabels {
-    pub service: String,
+pub(crate) struct ServiceLabels {
+    pub(crate) service: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RevisionLabels {
-    pub revision: String,
+pub(crate) struct RevisionLabels {
+    pub(crate) revision: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -38,7 +38,7 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.5, 14))
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<VariantLabels, Histogram, fn() -> Histogram>,
@@ -49,33 +49,33 @@ pub struct Metrics {
     retries: Family<ServiceLabels, Counter>,
     budget_exhausted: Family<ServiceLabels, Counter>,
     revision: Family<RevisionLabels, Gauge>,
-    pub config_reloads: Counter,
-    pub config_rejections: Counter,
+    pub(crate) config_reloads: Counter,
+    pub(crate) config_rejections: Counter,
 }
 
 /// Handles for one variant of one service (status classes 1xx..5xx).
 #[derive(Clone, Debug)]
-pub struct VariantMetrics {
-    pub requests: [Counter; 5],
-    pub latency: Histogram,
-    pub ttfb: Histogram,
-    pub in_flight: Gauge,
-    pub queue_depth: Gauge,
-    pub ejections: Counter,
+pub(crate) struct VariantMetrics {
+    pub(crate) requests: [Counter; 5],
+    pub(crate) latency: Histogram,
+    pub(crate) ttfb: Histogram,
+    pub(crate) in_flight: Gauge,
+    pub(crate) queue_depth: Gauge,
+    pub(crate) ejections: Counter,
 }
 
 impl VariantMetrics {
     /// Counts a finished request by its status class.
-    pub fn count(&self, status: http::StatusCode) {
+    pub(crate) fn count(&self, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct ServiceMetrics {
-    pub retries: Counter,
-    pub budget_exhausted: Counter,
+pub(crate) struct ServiceMetrics {
+    pub(crate) retries: Counter,
+    pub(crate) budget_exhausted: Counter,
 }
 
 impl Default for Metrics {
@@ -85,7 +85,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("infermesh");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
@@ -161,7 +161,7 @@ impl Metrics {
         }
     }
 
-    pub fn variant(&self, service: &str, variant: &str) -> VariantMetrics {
+    pub(crate) fn variant(&self, service: &str, variant: &str) -> VariantMetrics {
         let l = VariantLabels {
             service: service.to_owned(),
             variant: variant.to_owned(),
@@ -189,7 +189,7 @@ impl Metrics {
         }
     }
 
-    pub fn service(&self, service: &str) -> ServiceMetrics {
+    pub(crate) fn service(&self, service: &str) -> ServiceMetrics {
         let l = ServiceLabels {
             service: service.to_owned(),
         };
@@ -200,7 +200,7 @@ impl Metrics {
     }
 
     /// Marks `revision` as the config in force.
-    pub fn set_revision(&self, revision: &str) {
+    pub(crate) fn set_revision(&self, revision: &str) {
         self.revision.clear();
         self.revision
             .get_or_create(&RevisionLabels {
@@ -210,7 +210,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -4,7 +4,35 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::LazyLock;
+
 use clap::Parser;
+use infermesh_crds::mesh::OutlierDetectionConfig;
+
+use crate::endpoint::state::EwmaPolicy;
+
+/// A duration as a flag default (`30ms`, `60s`): the flags' defaults are written once, where the
+/// values they stand for are defined, and shown in `--help` as before.
+fn flag(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+static EJECT_BASE: LazyLock<String> = LazyLock::new(|| {
+    flag(Duration::from_millis(
+        OutlierDetectionConfig::DEFAULT_BASE_EJECTION_MS,
+    ))
+});
+static EJECT_MAX: LazyLock<String> = LazyLock::new(|| {
+    flag(Duration::from_millis(
+        OutlierDetectionConfig::DEFAULT_MAX_EJECTION_MS,
+    ))
+});
+static EWMA_DEFAULT_RTT: LazyLock<String> = LazyLock::new(|| flag(EwmaPolicy::DEFAULT_RTT));
+static EWMA_DECAY: LazyLock<String> = LazyLock::new(|| flag(EwmaPolicy::DEFAULT_DECAY));
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -41,27 +69,28 @@ pub struct Options {
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
     /// Consecutive failures that eject an endpoint (0 disables ejection).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = OutlierDetectionConfig::DEFAULT_CONSECUTIVE_FAILURES)]
     pub eject_after: u32,
     /// First ejection time; doubles per repeated ejection.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = EJECT_BASE.as_str(), value_parser = humantime::parse_duration)]
     pub eject_base: Duration,
     /// Longest ejection time.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = EJECT_MAX.as_str(), value_parser = humantime::parse_duration)]
     pub eject_max: Duration,
     /// PeakEWMA latency estimate of an endpoint before any response.
-    #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = EWMA_DEFAULT_RTT.as_str(), value_parser = humantime::parse_duration)]
     pub ewma_default_rtt: Duration,
     /// PeakEWMA decay time constant.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = EWMA_DECAY.as_str(), value_parser = humantime::parse_duration)]
     pub ewma_decay: Duration,
     /// Worker threads (0: one per CPU; 1: a single-threaded runtime).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Options {
-    /// Defaults with loopback ephemeral ports, for tests and benchmarks.
+    /// Defaults with loopback ephemeral ports, for tests (the `test-util` feature).
     pub fn loopback(config_file: PathBuf) -> Self {
         let mut o = Options::parse_from(["infermesh-sidecar"]);
         let any: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -72,5 +101,26 @@ impl Options {
         o.namespace = None;
         o.pod_ip = None;
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags default to the mesh contract's and the balancer's own defaults, shown as before.
+    #[test]
+    fn flag_defaults_are_the_policies_defaults() {
+        let o = Options::parse_from(["infermesh-sidecar"]);
+        let ejection = crate::endpoint::state::EjectionPolicy::default();
+        assert_eq!(o.eject_after, ejection.consecutive_failures);
+        assert_eq!(o.eject_base, ejection.backoff.base);
+        assert_eq!(o.eject_max, ejection.backoff.max);
+        assert_eq!(o.ewma_default_rtt, EwmaPolicy::DEFAULT_RTT);
+        assert_eq!(o.ewma_decay, EwmaPolicy::DEFAULT_DECAY);
+        assert_eq!(
+            [&*EJECT_BASE, &*EJECT_MAX, &*EWMA_DEFAULT_RTT, &*EWMA_DECAY],
+            ["1s", "60s", "30ms", "10s"]
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Test fixtures: real hyper backends on 127.0.0.1 ephemeral ports, an in-process sidecar reading a
-//! config file, and a pooled HTTP client with a bounded load loop.
+//! Test fixtures shared by the per-concern test files: real hyper backends on 127.0.0.1 ephemeral
+//! ports, an in-process sidecar reading a config file, a pooled HTTP client with a bounded load
+//! loop, and the config pieces several concerns use.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -318,4 +319,31 @@ pub fn config(
         }
     }
     serde_json::json!({"services": [svc]}).to_string()
+}
+
+/// A service's retry settings: `attempts` tries on `on`, backoff 1-5 ms, the given budget.
+pub fn retries(
+    attempts: u32,
+    on: &[&str],
+    per_try_ms: Option<u64>,
+    ratio: f64,
+    min: u32,
+) -> serde_json::Value {
+    serde_json::json!({"retries": {"attempts": attempts, "retryOn": on, "perTryTimeoutMs": per_try_ms,
+        "backoffBaseMs": 1, "backoffMaxMs": 5, "backoffJitter": 0.5,
+        "budgetRatio": ratio, "budgetMinPerSecond": min}})
+}
+
+/// Replies counted by `x-model-version` (or by status or error when not a 200).
+pub fn by_version(replies: &[Result<Reply, String>]) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for r in replies {
+        let k = match r {
+            Ok(r) if r.status == 200 => r.version().unwrap_or("?").to_owned(),
+            Ok(r) => format!("status {}", r.status),
+            Err(e) => format!("error {e}"),
+        };
+        *m.entry(k).or_default() += 1;
+    }
+    m
 }

@@ -1,0 +1,320 @@
+//! Validating a [`MeshConfig`] and compiling it into a [`RoutingTable`]. Endpoint state (in-flight
+//! counts, latency estimates, ejections), concurrency limiters and retry budgets are carried over
+//! from the previous table for everything that survives the reload.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::header::HeaderName;
+use http::uri::Authority;
+use infermesh_crds::mesh::{
+    HeaderValueMatch, LoadBalancingPolicy, MeshConfig, ServiceConfig, VariantConfig,
+};
+use regex::RegexBuilder;
+use tokio::time::Instant;
+
+use super::table::{RetryPolicy, RoutingTable, Service, Timeouts, Variant};
+use crate::endpoint::Endpoint;
+use crate::endpoint::budget::RetryBudget;
+use crate::endpoint::limit::Limiter;
+use crate::endpoint::state::{EndpointState, EwmaPolicy};
+use crate::hash::ConfigMap;
+use crate::metrics::Metrics;
+use crate::routing::balancer::Balancer;
+use crate::routing::router::{Route, Router, ValueMatch};
+use crate::upstream::pool::ConnPool;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("mesh config is not valid JSON for MeshConfig: {0}; fix the document (key mesh.json)")]
+    Parse(#[from] serde_json::Error),
+    #[error("ModelService {service:?}: {reason}")]
+    Invalid { service: String, reason: String },
+}
+
+fn invalid(service: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        service: service.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// What compiling needs besides the config.
+pub(crate) struct CompileContext<'a> {
+    pub(crate) metrics: &'a Metrics,
+    /// This pod's IP: endpoints at this IP are delivered to locally.
+    pub(crate) pod_ip: Option<IpAddr>,
+    pub(crate) ewma: EwmaPolicy,
+    pub(crate) now: Instant,
+}
+
+/// A regex may not compile to more than this (guards against pathological patterns).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+pub(crate) fn compile(
+    config: MeshConfig,
+    previous: &RoutingTable,
+    cx: &CompileContext<'_>,
+) -> Result<RoutingTable, ConfigError> {
+    let mut services = Vec::with_capacity(config.services.len());
+    let mut by_name = ConfigMap::default();
+    for (i, s) in config.services.iter().enumerate() {
+        let key = s.name.to_ascii_lowercase();
+        if by_name.insert(key, i).is_some() {
+            return Err(invalid(
+                &s.name,
+                "the name appears twice; service names must be unique",
+            ));
+        }
+        services.push(Arc::new(compile_service(s, previous, cx)?));
+    }
+    Ok(RoutingTable {
+        revision: config.revision.clone(),
+        config,
+        services,
+        by_name,
+    })
+}
+
+fn compile_service(
+    s: &ServiceConfig,
+    previous: &RoutingTable,
+    cx: &CompileContext<'_>,
+) -> Result<Service, ConfigError> {
+    let name = s.name.as_str();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid(
+            name,
+            "name must be a non-empty DNS label (letters, digits, '-')",
+        ));
+    }
+    if s.port == 0 {
+        return Err(invalid(name, "port must be 1-65535"));
+    }
+    if s.variants.is_empty() {
+        return Err(invalid(name, "needs at least one variant"));
+    }
+    if s.variants.len() > usize::from(u16::MAX) {
+        return Err(invalid(name, "too many variants"));
+    }
+    let mut seen = HashSet::new();
+    for v in &s.variants {
+        if v.name.is_empty() || !seen.insert(v.name.as_str()) {
+            return Err(invalid(
+                name,
+                format!("variant name {:?} is empty or repeated", v.name),
+            ));
+        }
+    }
+    let weights: Vec<u32> = s.variants.iter().map(|v| v.weight).collect();
+    if weights.iter().all(|w| *w == 0) && s.routes.is_empty() {
+        return Err(invalid(
+            name,
+            "every variant has weight 0 and there is no route: no request could be served",
+        ));
+    }
+    let r = &s.retries;
+    if !(0.0..=1.0).contains(&r.budget_ratio) || !(0.0..=1.0).contains(&r.backoff_jitter) {
+        return Err(invalid(
+            name,
+            "retries.budgetRatio and retries.backoffJitter must be within 0.0-1.0",
+        ));
+    }
+    if r.attempts > 10 {
+        return Err(invalid(name, "retries.attempts must be at most 10"));
+    }
+    let header = |what: &str, h: &str| {
+        HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| invalid(name, format!("{what} {h:?} is not a valid header name")))
+    };
+    let sticky_header = s
+        .sticky_header
+        .as_deref()
+        .map(|h| header("stickyHeader", h))
+        .transpose()?;
+    let hash_on = s
+        .load_balancing
+        .hash_on
+        .as_deref()
+        .map(|h| header("loadBalancing.hashOn", h))
+        .transpose()?;
+    if s.load_balancing.policy == LoadBalancingPolicy::ConsistentHash && hash_on.is_none() {
+        return Err(invalid(
+            name,
+            "loadBalancing.hashOn is required with ConsistentHash",
+        ));
+    }
+    let c = &s.concurrency;
+    if c.max_in_flight_per_endpoint == Some(0) {
+        return Err(invalid(
+            name,
+            "concurrency.maxInFlightPerEndpoint must be at least 1",
+        ));
+    }
+    let mut routes = Vec::with_capacity(s.routes.len());
+    for rc in &s.routes {
+        let variant = s
+            .variants
+            .iter()
+            .position(|v| v.name == rc.variant)
+            .ok_or_else(|| {
+                invalid(
+                    name,
+                    format!("a route names unknown variant {:?}", rc.variant),
+                )
+            })?;
+        let mut headers = Vec::with_capacity(rc.headers.len());
+        for hm in &rc.headers {
+            let m = match &hm.value {
+                HeaderValueMatch::Exact(v) => ValueMatch::Exact(v.as_bytes().to_vec()),
+                HeaderValueMatch::Prefix(v) => ValueMatch::Prefix(v.as_bytes().to_vec()),
+                HeaderValueMatch::Regex(re) => ValueMatch::Regex(
+                    RegexBuilder::new(&format!("^(?:{re})$"))
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|e| invalid(name, format!("route regex {re:?}: {e}")))?,
+                ),
+            };
+            headers.push((header("route header", &hm.name)?, m));
+        }
+        routes.push(Route {
+            headers,
+            path_prefix: rc.path_prefix.clone(),
+            variant,
+        });
+    }
+
+    let old = previous.service(&name.to_ascii_lowercase());
+    let local_authority = Authority::try_from(format!("127.0.0.1:{}", s.port).as_str())
+        .map_err(|e| invalid(name, format!("port: {e}")))?;
+    // Idle connections survive a reload as long as their address does.
+    let local = match old {
+        Some(o) if *o.local.authority() == local_authority => o.local.clone(),
+        _ => ConnPool::new(local_authority),
+    };
+    let limits = c.max_in_flight_per_endpoint.map(|max| {
+        (
+            max,
+            c.max_queue,
+            Duration::from_millis(c.queue_timeout_ms.unwrap_or(1000)),
+        )
+    });
+    let mut variants = Vec::with_capacity(s.variants.len());
+    for v in &s.variants {
+        let old_v = old.and_then(|o| o.variants.iter().find(|ov| ov.name == v.name));
+        variants.push(compile_variant(s, v, old_v, &local, limits, &hash_on, cx)?);
+    }
+    let budget = match old {
+        Some(o)
+            if o.budget.ratio == r.budget_ratio
+                && o.budget.min_per_second == r.budget_min_per_second =>
+        {
+            o.budget.clone()
+        }
+        _ => Arc::new(RetryBudget::new(
+            r.budget_ratio,
+            r.budget_min_per_second,
+            cx.now,
+        )),
+    };
+    let t = &s.timeouts;
+    Ok(Service {
+        name: name.to_owned(),
+        namespace: s.namespace.clone(),
+        protocol: s.protocol,
+        local,
+        variants,
+        router: Router::new(routes, sticky_header, &weights),
+        retry: RetryPolicy::from_config(r),
+        budget,
+        timeouts: Timeouts {
+            request: t.request_ms.map(Duration::from_millis),
+            idle: t.idle_ms.map(Duration::from_millis),
+            first_byte: t.first_byte_ms.map(Duration::from_millis),
+        },
+        outlier_detection: s.outlier_detection.clone(),
+        metrics: cx.metrics.service(name),
+    })
+}
+
+fn compile_variant(
+    s: &ServiceConfig,
+    v: &VariantConfig,
+    old: Option<&Variant>,
+    local: &Arc<ConnPool>,
+    limits: Option<(u32, u32, Duration)>,
+    hash_on: &Option<HeaderName>,
+    cx: &CompileContext<'_>,
+) -> Result<Variant, ConfigError> {
+    let name = s.name.as_str();
+    let routed = HeaderValue::try_from(format!("{}/{}", s.name, v.name)).map_err(|_| {
+        invalid(
+            name,
+            format!("variant name {:?} is not header-safe", v.name),
+        )
+    })?;
+    let mut endpoints = Vec::with_capacity(v.endpoints.len());
+    let mut seen = HashSet::new();
+    for e in &v.endpoints {
+        let addr: SocketAddr = e.address.parse().map_err(|_| {
+            invalid(
+                name,
+                format!("endpoint address {:?} is not ip:port", e.address),
+            )
+        })?;
+        if !seen.insert(addr) {
+            continue;
+        }
+        let old_e = old.and_then(|o| o.endpoints.iter().find(|oe| oe.address == e.address));
+        let is_local = cx.pod_ip == Some(addr.ip());
+        let conns = if is_local {
+            local.clone()
+        } else {
+            let authority = Authority::try_from(addr.to_string().as_str())
+                .map_err(|err| invalid(name, format!("endpoint {}: {err}", e.address)))?;
+            match old_e {
+                Some(o) if *o.conns.authority() == authority => o.conns.clone(),
+                _ => ConnPool::new(authority),
+            }
+        };
+        let state = old_e
+            .map(|o| o.state.clone())
+            .unwrap_or_else(|| Arc::new(EndpointState::new(cx.now, cx.ewma)));
+        let limiter =
+            limits.map(
+                |(max, queue, timeout)| match old_e.and_then(|o| o.limiter.as_ref()) {
+                    Some(l)
+                        if (l.max_in_flight, l.max_queue, l.queue_timeout)
+                            == (max, queue, timeout) =>
+                    {
+                        l.clone()
+                    }
+                    _ => Arc::new(Limiter::new(max, queue, timeout)),
+                },
+            );
+        endpoints.push(Endpoint {
+            address: e.address.clone(),
+            conns,
+            meshed: e.meshed && !is_local,
+            state,
+            limiter,
+        });
+    }
+    Ok(Variant {
+        name: v.name.clone(),
+        balancer: Balancer::new(s.load_balancing.policy, hash_on.clone(), &endpoints),
+        endpoints,
+        routed,
+        metrics: cx.metrics.variant(&s.name, &v.name),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,131 @@
+//! The compiled routing table: what a [`MeshConfig`](infermesh_crds::mesh::MeshConfig) becomes once
+//! validated. Regexes are compiled, header names parsed, weighted schedules and hash rings built, so
+//! the request path only reads. A table is immutable; a reload builds a new one (see `compile`).
+//! It is made of the lower folders' types: a [`Router`] per service, a [`Balancer`] and
+//! [`Endpoint`]s per variant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use infermesh_crds::mesh::{MeshConfig, OutlierDetectionConfig, Protocol, RetryOn};
+
+use crate::endpoint::Endpoint;
+use crate::endpoint::backoff::Backoff;
+use crate::endpoint::budget::RetryBudget;
+use crate::hash::ConfigMap;
+use crate::metrics::{ServiceMetrics, VariantMetrics};
+use crate::routing::balancer::Balancer;
+use crate::routing::router::Router;
+use crate::upstream::pool::ConnPool;
+
+#[derive(Debug)]
+pub(crate) struct RoutingTable {
+    pub(crate) revision: String,
+    /// The config as received, for `/config`.
+    pub(crate) config: MeshConfig,
+    pub(crate) services: Vec<Arc<Service>>,
+    /// Lower-cased service name → index in `services`.
+    pub(crate) by_name: ConfigMap<String, usize>,
+}
+
+impl RoutingTable {
+    /// The table before any config arrived: every request is refused with a reason.
+    pub(crate) fn empty() -> Self {
+        Self {
+            revision: String::new(),
+            config: MeshConfig::default(),
+            services: Vec::new(),
+            by_name: ConfigMap::default(),
+        }
+    }
+
+    pub(crate) fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.by_name.get(name).map(|i| &self.services[*i])
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) namespace: String,
+    pub(crate) protocol: Protocol,
+    /// Connections to `127.0.0.1:<port>`: where local delivery goes.
+    pub(crate) local: Arc<ConnPool>,
+    pub(crate) variants: Vec<Variant>,
+    /// Which variant a request goes to.
+    pub(crate) router: Router,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) budget: Arc<RetryBudget>,
+    pub(crate) timeouts: Timeouts,
+    /// Overrides of the sidecar's ejection policy.
+    pub(crate) outlier_detection: OutlierDetectionConfig,
+    pub(crate) metrics: ServiceMetrics,
+}
+
+#[derive(Debug)]
+pub(crate) struct Variant {
+    pub(crate) name: String,
+    pub(crate) endpoints: Vec<Endpoint>,
+    /// Which endpoint a try goes to.
+    pub(crate) balancer: Balancer,
+    /// `x-infermesh-routed` value sent to meshed peers: `<service>/<variant>`.
+    pub(crate) routed: HeaderValue,
+    pub(crate) metrics: VariantMetrics,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RetryPolicy {
+    /// Total tries including the first.
+    pub(crate) attempts: u32,
+    pub(crate) per_try_timeout: Option<Duration>,
+    pub(crate) on_connect_failure: bool,
+    pub(crate) on_reset: bool,
+    pub(crate) on_5xx: bool,
+    pub(crate) on_gateway_error: bool,
+    pub(crate) statuses: Vec<u16>,
+    pub(crate) backoff: Backoff,
+}
+
+impl RetryPolicy {
+    pub(crate) fn from_config(c: &infermesh_crds::mesh::RetryConfig) -> Self {
+        let has = |r| c.retry_on.contains(&r);
+        Self {
+            attempts: c.attempts.max(1),
+            per_try_timeout: c.per_try_timeout_ms.map(Duration::from_millis),
+            on_connect_failure: has(RetryOn::ConnectFailure),
+            on_reset: has(RetryOn::Reset),
+            on_5xx: has(RetryOn::ServerError),
+            on_gateway_error: has(RetryOn::GatewayError),
+            statuses: if has(RetryOn::RetriableStatusCodes) {
+                c.retriable_status_codes.clone()
+            } else {
+                Vec::new()
+            },
+            backoff: Backoff {
+                base: Duration::from_millis(c.backoff_base_ms),
+                max: Duration::from_millis(c.backoff_max_ms),
+                jitter: c.backoff_jitter,
+            },
+        }
+    }
+
+    /// Whether a response with this status may be retried (idempotent requests only).
+    pub(crate) fn retries_status(&self, status: u16) -> bool {
+        (self.on_5xx && (500..600).contains(&status))
+            || (self.on_gateway_error && matches!(status, 502..=504))
+            || self.statuses.contains(&status)
+    }
+
+    /// A per-try timeout counts as a retriable failure when any failure-class condition is set.
+    pub(crate) fn retries_timeout(&self) -> bool {
+        self.on_5xx || self.on_gateway_error || self.on_reset
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Timeouts {
+    pub(crate) request: Option<Duration>,
+    pub(crate) idle: Option<Duration>,
+    pub(crate) first_byte: Option<Duration>,
+}

@@ -1,0 +1,288 @@
+//! Step 5 of the request path: the try loop, as [`Attempts`]. Each try picks an endpoint (avoiding ones already
+//! tried, ejected or held by `Retry-After`), takes a concurrency slot, sends, and classifies the
+//! outcome; failures feed outlier detection, and a retry happens only when the policy allows it
+//! for this method and outcome, a replayable body exists, an endpoint in rotation remains, and
+//! the retry budget has room. Nothing is retried once the response head has been returned.
+
+use std::time::{Duration, SystemTime};
+
+use http::request::Parts;
+use http::{HeaderMap, Method, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::errors::{ProxyError, error_chain};
+use super::guard::RequestGuard;
+use super::timeouts::{min_opt, within_opt};
+use crate::config::table::{Service, Variant};
+use crate::endpoint::Endpoint;
+use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
+use crate::routing::balancer::Tried;
+use crate::upstream::body::{self, Prepared, RequestBody};
+use crate::upstream::forward::{self, Upstream};
+use crate::upstream::pool::Lent;
+
+/// Why a try did not produce the response to return.
+enum Failure {
+    Status(Response<Incoming>, Option<Lent>),
+    Connect(String),
+    Reset(String),
+    Timeout,
+}
+
+/// The tries of one request to one variant of a service, and what they need from the sidecar:
+/// the upstream client, the ejection policy failures feed, and the PeakEWMA settings.
+pub(crate) struct Attempts<'a> {
+    pub(crate) upstream: &'a Upstream,
+    pub(crate) ejection: &'a EjectionPolicy,
+    pub(crate) ewma: &'a EwmaPolicy,
+    pub(crate) svc: &'a Service,
+    pub(crate) variant: &'a Variant,
+}
+
+impl Attempts<'_> {
+    /// Tries until a response head is to be returned or no try is left; what the returned try
+    /// holds goes to `guard`.
+    pub(crate) async fn run(
+        self,
+        head: &mut Parts,
+        body: Incoming,
+        guard: &mut RequestGuard,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (svc, variant) = (self.svc, self.variant);
+        let policy = &svc.retry;
+        let idempotent = is_idempotent(&head.method);
+        // With retries on, the body is read (≤ 1 MiB) so it can be replayed.
+        let (replay, mut once) = if policy.attempts > 1 {
+            svc.budget.deposit(Instant::now());
+            match body::prepare(body)
+                .await
+                .map_err(|e| ProxyError::RequestBody(error_chain(&e)))?
+            {
+                Prepared::Buffered { data, trailers } => (Some((data, trailers)), None),
+                Prepared::Stream(b) => (None, Some(b)),
+            }
+        } else {
+            (None, Some(RequestBody::Stream(body)))
+        };
+        let head_timeout = min_opt(policy.per_try_timeout, svc.timeouts.first_byte);
+        let mut tried = Tried::default();
+        let mut attempt: u32 = 0;
+        // A retry's endpoint is chosen before deciding to retry (see below).
+        let mut chosen: Option<usize> = None;
+        loop {
+            let ei = match chosen.take() {
+                Some(i) => i,
+                None => variant
+                    .balancer
+                    .pick(&variant.endpoints, &head.headers, tried, Instant::now())
+                    .ok_or_else(|| ProxyError::NoEndpoint {
+                        service: svc.name.clone(),
+                        variant: variant.name.clone(),
+                    })?,
+            };
+            tried.add(ei);
+            let ep = &variant.endpoints[ei];
+            let permit = match &ep.limiter {
+                None => None,
+                Some(l) => {
+                    variant.metrics.queue_depth.inc();
+                    let p = l.acquire().await;
+                    variant.metrics.queue_depth.dec();
+                    Some(p.map_err(|s| ProxyError::Overloaded {
+                        retry_after: s.retry_after,
+                    })?)
+                }
+            };
+            let more = replay.is_some() && attempt + 1 < policy.attempts;
+            let try_body = match &replay {
+                Some((d, t)) => RequestBody::replay(d, t),
+                None => once
+                    .take()
+                    .unwrap_or_else(|| RequestBody::replay(&Default::default(), &None)),
+            };
+            let routed = ep.meshed.then_some(&variant.routed);
+            let req = forward::build(
+                head,
+                !more,
+                svc.protocol,
+                ep.conns.authority(),
+                routed,
+                try_body,
+            );
+            // One try, in a block of its own: what it holds (the outcome, the failure) is gone
+            // before the backoff below, so a request's future does not carry it while it waits.
+            {
+                let in_flight = ep.state.start();
+                let sent = Instant::now();
+                let outcome = within_opt(
+                    head_timeout,
+                    self.upstream.send(svc.protocol, &ep.conns, req),
+                )
+                .await;
+                let now = Instant::now();
+                let failure = match outcome {
+                    Some(Ok((resp, lent))) => {
+                        let status = resp.status().as_u16();
+                        ep.state.observe_rtt(now, now - sent, self.ewma);
+                        variant.metrics.ttfb.observe((now - sent).as_secs_f64());
+                        if resp.status().is_server_error() {
+                            self.failed(ep, now);
+                        } else {
+                            ep.state.record_success(now);
+                        }
+                        if matches!(status, 429 | 503)
+                            && let Some(d) = retry_after(resp.headers())
+                        {
+                            ep.state.hold_for(now, d);
+                        }
+                        if !(more && idempotent && policy.retries_status(status)) {
+                            guard.hold(in_flight, permit, lent);
+                            return Ok(resp);
+                        }
+                        Failure::Status(resp, lent)
+                    }
+                    Some(Err(e)) => {
+                        self.failed(ep, now);
+                        if e.is_connect() {
+                            Failure::Connect(error_chain(&e))
+                        } else {
+                            Failure::Reset(error_chain(&e))
+                        }
+                    }
+                    None => {
+                        self.failed(ep, now);
+                        Failure::Timeout
+                    }
+                };
+                let mut retry = more
+                    && match &failure {
+                        Failure::Status(..) => true,
+                        Failure::Connect(_) => policy.on_connect_failure,
+                        Failure::Reset(_) => policy.on_reset && idempotent,
+                        Failure::Timeout => policy.retries_timeout() && idempotent,
+                    };
+                if retry {
+                    // Only to an endpoint in rotation: one held by Retry-After or ejected is not
+                    // retried sooner, even when it is the only one.
+                    chosen = variant
+                        .balancer
+                        .pick(&variant.endpoints, &head.headers, tried, now)
+                        .filter(|i| variant.endpoints[*i].state.is_available(now));
+                    retry = chosen.is_some();
+                }
+                if retry && !svc.budget.try_withdraw(now) {
+                    svc.metrics.budget_exhausted.inc();
+                    retry = false;
+                }
+                if !retry {
+                    return match failure {
+                        Failure::Status(resp, lent) => {
+                            guard.hold(in_flight, permit, lent);
+                            Ok(resp)
+                        }
+                        Failure::Connect(e) => Err(ProxyError::Connect(e)),
+                        Failure::Reset(e) => Err(ProxyError::Upstream(e)),
+                        Failure::Timeout => Err(ProxyError::Timeout),
+                    };
+                }
+                drop((failure, permit, in_flight));
+            }
+            svc.metrics.retries.inc();
+            tokio::time::sleep(policy.backoff.delay(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Feeds a failed try to outlier detection.
+    fn failed(&self, ep: &Endpoint, now: Instant) {
+        let (svc, variant) = (self.svc, self.variant);
+        let policy = self.ejection.overridden_by(&svc.outlier_detection);
+        if let Some(d) = ep.state.record_failure(now, &policy) {
+            variant.metrics.ejections.inc();
+            tracing::warn!(endpoint = %ep.address, variant = %variant.name, ejected_for = ?d,
+                "endpoint ejected after consecutive failures");
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2 idempotent methods.
+pub(crate) fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3), capped at 5 minutes.
+pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    retry_after_at(h, SystemTime::now())
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date, read at `now`; a date in the past is no delay.
+fn retry_after_at(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let d = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or_default(),
+    };
+    Some(d.min(Duration::from_secs(300)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn retry_after_as_an_http_date() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        let at = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let before = |s| at - Duration::from_secs(s);
+        assert_eq!(retry_after_at(&h, before(7)), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after_at(&h, before(3600)),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            retry_after_at(&h, at + Duration::from_secs(1)),
+            Some(Duration::ZERO),
+            "a date already past"
+        );
+        // The obsolete RFC 850 form is accepted too, as RFC 9110 asks of recipients.
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wednesday, 21-Oct-15 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after_at(&h, before(2)), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn idempotency_and_retry_after() {
+        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("retry-after", HeaderValue::from_static("99999"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(300)));
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+        assert_eq!(
+            min_opt(Some(Duration::from_secs(2)), Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            min_opt(None, Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(1))
+        );
+    }
+}

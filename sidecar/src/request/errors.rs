@@ -1,0 +1,140 @@
+//! Every way a request can fail, and the one place that turns a failure into the response a client
+//! sees: a status, an `x-infermesh-reason` header with a short stable token, and a one-line body
+//! saying what failed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+use super::body::ResponseBody;
+
+/// Header naming why the sidecar answered itself.
+pub(crate) const REASON_HEADER: &str = "x-infermesh-reason";
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    #[error("the request names no ModelService: send a Host header or an absolute URI")]
+    NoHost,
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error("no ModelService matches host {0:?} in the mesh config in force")]
+    UnknownService(String),
+    #[error("the mesh config has not been loaded yet; retry shortly")]
+    NotReady,
+    #[error("ModelService {0:?} has no variant with weight > 0 for this request")]
+    NoVariant(String),
+    #[error("ModelService {service:?} variant {variant:?} has no ready endpoint")]
+    NoEndpoint { service: String, variant: String },
+    #[error("overloaded: every slot and queue place is taken; retry after {}s", .retry_after.as_secs())]
+    Overloaded { retry_after: Duration },
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    #[error("could not connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream failed: {0}")]
+    Upstream(String),
+    #[error("could not read the request body: {0}")]
+    RequestBody(String),
+}
+
+impl ProxyError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoHost | ProxyError::Malformed(_) | ProxyError::RequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
+            ProxyError::NotReady
+            | ProxyError::NoVariant(_)
+            | ProxyError::NoEndpoint { .. }
+            | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Short, stable token for `x-infermesh-reason`.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoHost => "missing-host",
+            ProxyError::Malformed(_) => "malformed-request",
+            ProxyError::UnknownService(_) => "unknown-service",
+            ProxyError::NotReady => "config-not-loaded",
+            ProxyError::NoVariant(_) => "no-variant",
+            ProxyError::NoEndpoint { .. } => "no-ready-endpoint",
+            ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::Timeout => "upstream-timeout",
+            ProxyError::Connect(_) => "upstream-unreachable",
+            ProxyError::Upstream(_) => "upstream-failed",
+            ProxyError::RequestBody(_) => "request-body",
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<ResponseBody> {
+        let mut r = Response::new(ResponseBody::full(Bytes::from(format!("{self}\n"))));
+        *r.status_mut() = self.status();
+        let h = r.headers_mut();
+        h.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let ProxyError::Overloaded { retry_after } = self {
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        }
+        r
+    }
+}
+
+/// An error with its causes, for logs and reasons.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_errors_to_statuses_and_reasons() {
+        let cases = [
+            (
+                ProxyError::UnknownService("x".into()),
+                404,
+                "unknown-service",
+            ),
+            (
+                ProxyError::NoEndpoint {
+                    service: "s".into(),
+                    variant: "v".into(),
+                },
+                503,
+                "no-ready-endpoint",
+            ),
+            (ProxyError::Malformed("bad"), 400, "malformed-request"),
+            (ProxyError::Timeout, 504, "upstream-timeout"),
+        ];
+        for (e, status, reason) in cases {
+            let r = e.into_response();
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(r.headers()[REASON_HEADER], reason);
+        }
+        let r = ProxyError::Overloaded {
+            retry_after: Duration::from_millis(300),
+        }
+        .into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
+    }
+}

@@ -1,0 +1,87 @@
+//! One request's bookkeeping, from the moment its variant is chosen until its response body ends:
+//! the variant's in-flight gauge and latency histogram, and what the chosen try holds (the
+//! endpoint's in-flight count, its concurrency slot, the upstream connection). It is created by
+//! the request path and handed down with the response body, which drops it when the stream ends,
+//! so every release happens exactly once whichever way the request finishes.
+
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::config::table::{Service, Variant};
+use crate::endpoint::state::InFlight;
+use crate::upstream::pool::Lent;
+
+/// Released when the response stream ends (or the client leaves); the connection goes back to its
+/// pool only after a complete response ([`RequestGuard::complete`]).
+pub(crate) struct RequestGuard {
+    service: Arc<Service>,
+    variant: Option<usize>,
+    start: Instant,
+    in_flight: Option<InFlight>,
+    permit: Option<OwnedSemaphorePermit>,
+    conn: Option<Lent>,
+}
+
+impl RequestGuard {
+    pub(crate) fn new(service: Arc<Service>, variant: Option<usize>) -> Self {
+        if let Some(v) = variant {
+            service.variants[v].metrics.in_flight.inc();
+        }
+        Self {
+            service,
+            variant,
+            start: Instant::now(),
+            in_flight: None,
+            permit: None,
+            conn: None,
+        }
+    }
+
+    /// Keeps what the chosen try holds until the response ends.
+    pub(crate) fn hold(
+        &mut self,
+        in_flight: InFlight,
+        permit: Option<OwnedSemaphorePermit>,
+        conn: Option<Lent>,
+    ) {
+        self.in_flight = Some(in_flight);
+        self.permit = permit;
+        self.conn = conn;
+    }
+
+    /// Keeps the connection of a local delivery (which takes no endpoint slot).
+    pub(crate) fn hold_conn(&mut self, conn: Option<Lent>) {
+        self.conn = conn;
+    }
+
+    /// The response body was read to the end: its connection can serve another request.
+    pub(crate) fn complete(mut self) {
+        if let Some(c) = self.conn.take() {
+            c.release();
+        }
+    }
+
+    pub(crate) fn service(&self) -> &Service {
+        &self.service
+    }
+
+    pub(crate) fn variant(&self) -> Option<&Variant> {
+        self.variant.map(|v| &self.service.variants[v])
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.in_flight.take();
+        self.permit.take();
+        self.conn.take();
+        if let Some(v) = self.variant.map(|v| &self.service.variants[v]) {
+            v.metrics.in_flight.dec();
+            v.metrics
+                .latency
+                .observe(self.start.elapsed().as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The request path, shared by the inbound (15006) and outbound (15001) listeners. [`Proxy::handle`]
+//! and the functions below it run the steps top to bottom as plain calls:
+//!
+//! 1. a request marked `x-infermesh-routed` by a peer sidecar (inbound only) goes straight to the
+//!    local model ([`Proxy::deliver_local`]);
+//! 2. identify the ModelService (`identify`);
+//! 3. choose the variant: routes, sticky cohort, weights (`crate::routing::router`);
+//! 4. prepare the head: hop-by-hop headers, forwarding headers, request id (`headers`);
+//! 5. the try loop (`attempts`): pick an endpoint (`crate::routing::balancer`), take a concurrency
+//!    slot, send (`crate::upstream`), classify the outcome, feed outlier detection, and retry
+//!    within the budget with backoff;
+//! 6. stream the response back untouched (`body`), timing it and releasing the request's
+//!    bookkeeping (`guard`) at the end; its head and small chunks are copied off hyper's read
+//!    buffers first (`crate::detach`).
+//!
+//! Failures become responses in one place (`errors`); time bounds are `timeouts`. This folder is
+//! the top of the data plane: it reads the config in force (`crate::config`) and uses everything
+//! below it, and nothing below it knows about requests.
+
+mod attempts;
+pub(crate) mod body;
+pub(crate) mod errors;
+mod guard;
+pub(crate) mod headers;
+mod identify;
+mod timeouts;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use self::attempts::Attempts;
+use self::body::ResponseBody;
+use self::errors::{ProxyError, error_chain};
+use self::guard::RequestGuard;
+use self::headers::{Forwarding, prepare_head, strip_hop_by_hop};
+use self::timeouts::{until, within_opt};
+use crate::config::store::ConfigStore;
+use crate::detach;
+use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
+use crate::upstream::body::RequestBody;
+use crate::upstream::forward::{self, ROUTED, Upstream};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// What the request path knows about the client connection.
+pub(crate) struct ConnInfo {
+    pub(crate) direction: Direction,
+    pub(crate) forwarding: Forwarding,
+}
+
+pub(crate) struct Proxy {
+    pub(crate) store: Arc<ConfigStore>,
+    pub(crate) upstream: Upstream,
+    pub(crate) ejection: EjectionPolicy,
+    pub(crate) ewma: EwmaPolicy,
+}
+
+impl Proxy {
+    /// Entry point of both listeners.
+    ///
+    /// The request is split before the future is built, and the steps below borrow its head: a
+    /// request waiting for a concurrency slot is this future, and an `async fn` would hold both
+    /// the request it was given and the parts taken from it.
+    pub(crate) fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
+        let (mut head, body) = req.into_parts();
+        let routed = head.headers.remove(&ROUTED);
+        async move {
+            if head.method == Method::CONNECT {
+                return Ok(ProxyError::Malformed(
+                    "CONNECT tunnels are not supported; send plain HTTP",
+                )
+                .into_response());
+            }
+            Ok(match routed {
+                Some(r) if conn.direction == Direction::Inbound => {
+                    self.deliver_local(&r, &mut head, body, &conn).await
+                }
+                _ => self.route(&mut head, body, &conn).await,
+            })
+        }
+    }
+
+    /// Steps 2-6 for a request that still needs routing.
+    async fn route(
+        &self,
+        head: &mut Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+    ) -> Response<ResponseBody> {
+        if !self.store.is_loaded() {
+            return ProxyError::NotReady.into_response();
+        }
+        let svc = {
+            let table = self.store.load();
+            match identify::service(&table, head) {
+                Ok(s) => s.clone(),
+                Err(e) => return e.into_response(),
+            }
+        };
+        let Some(vi) = svc.router.select(head.uri.path(), &head.headers) else {
+            return ProxyError::NoVariant(svc.name.clone()).into_response();
+        };
+        let mut guard = RequestGuard::new(svc.clone(), Some(vi));
+        prepare_head(head, &conn.forwarding, svc.protocol);
+        let deadline = svc
+            .timeouts
+            .request
+            .and_then(|d| Instant::now().checked_add(d));
+        let attempts = Attempts {
+            upstream: &self.upstream,
+            ejection: &self.ejection,
+            ewma: &self.ewma,
+            svc: &svc,
+            variant: &svc.variants[vi],
+        };
+        let result = until(deadline, attempts.run(head, body, &mut guard)).await;
+        respond(result, guard, deadline)
+    }
+
+    /// A peer sidecar already routed this request (`<service>/<variant>`): hand it to the local
+    /// model, once, without routing again.
+    async fn deliver_local(
+        &self,
+        routed: &HeaderValue,
+        head: &mut Parts,
+        body: Incoming,
+        conn: &ConnInfo,
+    ) -> Response<ResponseBody> {
+        let Some((name, variant)) = routed.to_str().ok().and_then(|s| s.split_once('/')) else {
+            return ProxyError::Malformed("x-infermesh-routed must be <service>/<variant>")
+                .into_response();
+        };
+        let Some(svc) = self
+            .store
+            .load()
+            .service(&name.to_ascii_lowercase())
+            .cloned()
+        else {
+            return ProxyError::UnknownService(name.to_owned()).into_response();
+        };
+        let vi = svc.variants.iter().position(|v| v.name == variant);
+        let mut guard = RequestGuard::new(svc.clone(), vi);
+        prepare_head(head, &conn.forwarding, svc.protocol);
+        let deadline = svc
+            .timeouts
+            .request
+            .and_then(|d| Instant::now().checked_add(d));
+        let send = async {
+            let req = forward::build(
+                head,
+                true,
+                svc.protocol,
+                svc.local.authority(),
+                None,
+                RequestBody::Stream(body),
+            );
+            let sent = Instant::now();
+            match within_opt(
+                svc.timeouts.first_byte,
+                self.upstream.send(svc.protocol, &svc.local, req),
+            )
+            .await
+            {
+                Some(Ok((resp, lent))) => {
+                    if let Some(v) = guard.variant() {
+                        v.metrics.ttfb.observe(sent.elapsed().as_secs_f64());
+                    }
+                    guard.hold_conn(lent);
+                    Ok(resp)
+                }
+                Some(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
+                Some(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
+                None => Err(ProxyError::Timeout),
+            }
+        };
+        let result = until(deadline, send).await;
+        respond(result, guard, deadline)
+    }
+}
+
+/// Step 6: the upstream response streamed back, or the error's response.
+fn respond(
+    result: Result<Response<Incoming>, ProxyError>,
+    guard: RequestGuard,
+    deadline: Option<Instant>,
+) -> Response<ResponseBody> {
+    let timeouts = guard.service().timeouts;
+    match result {
+        Ok(resp) => {
+            if let Some(v) = guard.variant() {
+                v.metrics.count(resp.status());
+            }
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, false);
+            detach::header_values(&mut parts.headers);
+            Response::from_parts(
+                parts,
+                ResponseBody::relayed(body, timeouts.idle, deadline, guard),
+            )
+        }
+        Err(e) => {
+            if let Some(v) = guard.variant() {
+                v.metrics.count(e.status());
+            }
+            tracing::debug!(service = %guard.service().name, error = %e, "request failed");
+            e.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, F>(_: &impl Fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every in-flight or queued request holds this future, and every move of it copies it whole.
+    #[test]
+    fn a_request_future_stays_within_1280_bytes() {
+        let store = ConfigStore::new(
+            Arc::new(crate::metrics::Metrics::new()),
+            None,
+            EwmaPolicy::default(),
+        );
+        let proxy = Arc::new(Proxy {
+            store: Arc::new(store),
+            upstream: Upstream::new(std::time::Duration::from_secs(1)),
+            ejection: EjectionPolicy::default(),
+            ewma: EwmaPolicy::default(),
+        });
+        let size =
+            future_size(&move |c: Arc<ConnInfo>, r: Request<Incoming>| proxy.clone().handle(c, r));
+        assert!(size <= 1280, "{size} bytes");
+    }
+}

@@ -1,0 +1,65 @@
+//! The first-byte and idle timeouts of a service, as a client sees them.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_byte_and_idle_timeouts() {
+    let hang = backend("v1", Mode::Hang).await;
+    let cfg = config(
+        json!({"timeouts": {"firstByteMs": 100}}),
+        &[("s", 100, vec![hang.addr])],
+    );
+    let s = sidecar(&cfg).await;
+    let c = client();
+    let t = Instant::now();
+    let r = get(&c, s.sidecar.inbound, "llm", &[]).await.unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.headers["x-infermesh-reason"], "upstream-timeout");
+    assert!(
+        t.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A stream that stalls longer than idleMs is cut, after the events that did arrive.
+    let mode = Mode::Sse {
+        interval: Duration::from_millis(300),
+        count: 3,
+        written: Arc::new(Mutex::new(Vec::new())),
+        cancelled: Arc::new(AtomicBool::new(false)),
+    };
+    let slow = backend("v1", mode).await;
+    let cfg = config(
+        json!({"timeouts": {"idleMs": 100}}),
+        &[("s", 100, vec![slow.addr])],
+    );
+    let s = sidecar(&cfg).await;
+    let req = Request::get(format!("http://{}/v1/completions", s.sidecar.inbound))
+        .header("host", "llm")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let t = Instant::now();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let err = resp.into_body().collect().await;
+    assert!(
+        err.is_err(),
+        "the stalled stream is reported as broken, not completed"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(290),
+        "{:?}",
+        t.elapsed()
+    );
+}
