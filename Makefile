@@ -25,10 +25,11 @@ help:
 deps:
 	@hack/install-deps.sh
 
-lint:
+lint: deps
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo test -p infermesh-sidecar --test layout --locked
+	cargo machete
 
 unit:
 	env -u KUBECONFIG cargo test --workspace --locked

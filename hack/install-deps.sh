@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project's build, tests and local cluster need and are not already on the
 # machine: Debian packages (etcd, containerd, runc, CNI plugins, iptables, ...), the Rust musl
-# target, and CoreDNS (Go module). Idempotent: a second run only checks and returns.
+# target, CoreDNS (Go module) and cargo-machete (crate). Idempotent: a second run only checks and
+# returns.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,5 +63,12 @@ if [[ ! -x "${COREDNS_CACHE}/coredns" ]]; then
   mkdir -p "${COREDNS_CACHE}"
   GOBIN="${COREDNS_CACHE}" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
     "github.com/coredns/coredns@${COREDNS_VERSION}"
+fi
+
+# cargo-machete: `make lint` fails on a dependency that no code uses.
+MACHETE_VERSION=0.9.2
+if ! cargo machete --version 2>/dev/null | grep -q "${MACHETE_VERSION}"; then
+  say "installing cargo-machete ${MACHETE_VERSION}"
+  cargo install --locked --quiet cargo-machete --version "${MACHETE_VERSION}"
 fi
 exit 0
