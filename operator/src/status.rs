@@ -1,15 +1,20 @@
 //! Status computation: from what a reconcile observed, the ModelService's status (conditions
 //! Ready / ConfigGenerated / EndpointsAvailable, per-variant weights and endpoints, revision) and
-//! the events worth telling a person (only on transitions).
+//! the events worth telling a person (only on transitions). A name clash (an object of someone
+//! else's under a name the operator writes) comes before everything else in `Ready`: it is what
+//! the user must fix first.
 
 use infermesh_crds::{ModelServiceSpec, ModelServiceStatus, model_service::VariantStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::endpoints::ResolvedVariant;
+use crate::{endpoints::ResolvedVariant, ownership::Clash};
 
 pub const READY: &str = "Ready";
 pub const CONFIG_GENERATED: &str = "ConfigGenerated";
 pub const ENDPOINTS_AVAILABLE: &str = "EndpointsAvailable";
+/// Reason of `Ready=False` (and of the Warning event) when a name the operator writes is held by
+/// an object it did not create.
+pub const NAME_CLASH: &str = "NameClash";
 
 /// What one reconcile saw and did.
 #[derive(Clone, Debug)]
@@ -20,6 +25,8 @@ pub struct Observation<'a> {
     pub revision: String,
     /// When that entry was last changed in the published config.
     pub published_at: Time,
+    /// Objects the operator left alone because someone else's object holds their name.
+    pub clashes: &'a [Clash],
 }
 
 /// A Kubernetes Event to publish.
@@ -86,7 +93,10 @@ pub fn compute_status(
             ),
         )
     };
-    let ready = if endpoints.0 == "True" {
+    let ready = if !obs.clashes.is_empty() {
+        let messages: Vec<String> = obs.clashes.iter().map(Clash::message).collect();
+        ("False", NAME_CLASH, messages.join("; "))
+    } else if endpoints.0 == "True" {
         (
             "True",
             "Ready",
@@ -189,6 +199,20 @@ pub fn notices(
             });
         }
     }
+    let ready_of = |s: Option<&ModelServiceStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((reason, message)) = ready_of(Some(next))
+        && reason == NAME_CLASH
+        && ready_of(prev) != Some((reason, message.clone()))
+    {
+        out.push(Notice {
+            warning: true,
+            reason: NAME_CLASH,
+            note: message,
+        });
+    }
     let was_ready = prev
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == READY))
         .is_some_and(|c| c.status == "True");
@@ -226,6 +250,7 @@ mod tests {
             resolved,
             revision: rev.into(),
             published_at: t(100),
+            clashes: &[],
         }
     }
 
@@ -304,6 +329,43 @@ mod tests {
         let n = notices(&spec, None, &s, &r);
         assert!(n.iter().any(|n| n.reason == "InvalidSelector" && n.warning));
         assert!(notices(&spec, Some(&s), &s, &r).is_empty(), "no repeat");
+    }
+
+    #[test]
+    fn a_name_clash_makes_ready_false_first_and_is_told_once() {
+        let spec = spec_with(&[("stable", 100, "v1")]);
+        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+        let r = resolve(&spec, "ns", &pods);
+        let clashes = [Clash {
+            kind: "Service",
+            name: "llm".into(),
+        }];
+        let obs = Observation {
+            clashes: &clashes,
+            ..observe(&r, "abc")
+        };
+        let s = compute_status(&spec, None, &obs, &t(200));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", NAME_CLASH)
+        );
+        assert!(ready.message.contains("Service llm"), "{}", ready.message);
+        assert_eq!(cond(&s, ENDPOINTS_AVAILABLE).status, "True");
+        let n = notices(&spec, None, &s, &r);
+        let clash: Vec<_> = n.iter().filter(|n| n.reason == NAME_CLASH).collect();
+        assert_eq!(clash.len(), 1);
+        assert!(clash[0].warning && clash[0].note == ready.message);
+        assert!(!n.iter().any(|n| n.reason == "Ready"));
+        let again = compute_status(&spec, Some(&s), &obs, &t(300));
+        assert!(notices(&spec, Some(&s), &again, &r).is_empty(), "no repeat");
+        let fixed = compute_status(&spec, Some(&again), &observe(&r, "abc"), &t(400));
+        assert_eq!(cond(&fixed, READY).status, "True");
+        let told: Vec<_> = notices(&spec, Some(&again), &fixed, &r)
+            .into_iter()
+            .map(|n| n.reason)
+            .collect();
+        assert_eq!(told, ["Ready"], "recovered once the clash is gone");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The ModelService reconciler: resolves each variant's endpoints from the pod cache, publishes the
 //! namespace's mesh config, the fronting Service and the reader RBAC (server-side apply), writes the
-//! status, records events on transitions, and cleans up behind a finalizer.
+//! status, records events on transitions, and cleans up behind a finalizer. It writes and deletes
+//! only what it made (`ownership`): a name held by someone else's object is a clash on the status.
 //!
 //! This file is the contract — [`Context`], `reconcile` (the finalizer dispatching to `apply` and
 //! `cleanup`), `error_policy` and [`run`]. Below it: `publication` (what was published in each
@@ -41,6 +42,7 @@ use crate::{
     endpoints::resolve,
     error::Error,
     metrics::Metrics,
+    ownership::{self, Claim, Clash},
     resources,
     status::{self, Observation},
 };
@@ -206,14 +208,25 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
         published.stamp(&name, changed, ms.status.as_ref(), &config.revision, &now)
     };
 
-    let svc = resources::front_service(ms);
-    writes::ssa(&ctx.client, &ns, &name, &svc, "apply fronting Service").await?;
+    let mut clashes = vec![];
+    let found = writes::read_service(&ctx.client, &ns, &name).await?;
+    match ownership::claim_service(found.as_ref().map(|s| &s.metadata), ms) {
+        Claim::Free | Claim::Ours => {
+            let svc = resources::front_service(ms);
+            writes::ssa(&ctx.client, &ns, &name, &svc, "apply fronting Service").await?;
+        }
+        Claim::Taken => clashes.push(Clash {
+            kind: "Service",
+            name: name.clone(),
+        }),
+    }
 
     let obs = Observation {
         generation: ms.metadata.generation,
         resolved: &resolved,
         revision: stamp.revision,
         published_at: stamp.at,
+        clashes: &clashes,
     };
     let prev = ms.status.as_ref();
     let next = status::compute_status(&ms.spec, prev, &obs, &now);
@@ -280,27 +293,29 @@ async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
             published.forget(&name);
         }
     }
-    let owned = writes::read_service(&ctx.client, &ns, &name)
-        .await?
-        .is_some_and(|svc| resources::is_controlled_by(&svc, ms));
-    if owned {
-        writes::delete_if_present(
-            &Api::<Service>::namespaced(ctx.client.clone(), &ns),
-            &name,
-            "delete fronting Service",
-        )
-        .await?;
-    }
+    let found = writes::read_service(&ctx.client, &ns, &name).await?;
+    let note = match (
+        ownership::claim_service(found.as_ref().map(|s| &s.metadata), ms),
+        &found,
+    ) {
+        (Claim::Ours, Some(svc)) => {
+            writes::delete_ours(
+                &Api::<Service>::namespaced(ctx.client.clone(), &ns),
+                svc,
+                "delete fronting Service",
+            )
+            .await?;
+            format!("removed {name} from the mesh config and deleted its Service")
+        }
+        (Claim::Taken, _) => format!(
+            "removed {name} from the mesh config; Service {name} was left in place, since \
+             {} did not create it",
+            resources::MANAGER
+        ),
+        _ => format!("removed {name} from the mesh config; its Service was already gone"),
+    };
     ctx.listed.set(key(ms), HashSet::new());
-    writes::publish_event(
-        &ctx.recorder,
-        ms,
-        false,
-        "Cleanup",
-        format!("removed {name} from the mesh config and deleted its Service"),
-        "Delete",
-    )
-    .await;
+    writes::publish_event(&ctx.recorder, ms, false, "Cleanup", note, "Delete").await;
     Ok(Action::await_change())
 }
 

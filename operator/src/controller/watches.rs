@@ -33,7 +33,10 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use super::{Context, key};
-use crate::{endpoints::selects_pod, resources::MANAGER};
+use crate::{
+    endpoints::selects_pod,
+    resources::{MANAGED_BY, MANAGER},
+};
 
 /// What the controller watches.
 pub struct Scope {
@@ -165,7 +168,7 @@ pub fn pod_to_model_services(
 
 /// Objects this operator created.
 pub fn managed() -> watcher::Config {
-    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
+    watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"))
 }
 
 /// Deletions of the namespace-wide objects this operator publishes (the mesh ConfigMap and its

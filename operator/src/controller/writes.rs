@@ -1,7 +1,8 @@
 //! The reconciler's calls to the API server, each turning a failure into an [`Error`] that says
 //! what was being done: server-side apply (forcing ownership of the fields we set, field manager
-//! [`MANAGER`]), deletes that treat "already gone" as done, the mesh ConfigMap read back after a
-//! restart, the status write, and Events, which are best effort.
+//! [`MANAGER`]) of objects read first and found free or ours (`ownership`), deletes that treat
+//! "already gone" as done, deletes of our objects only, the status write, and Events, which are
+//! best effort.
 
 use std::fmt::Debug;
 
@@ -15,7 +16,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
     runtime::events::{Event, EventType, Recorder},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -63,6 +64,29 @@ where
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: what,
+            source,
+        }),
+    }
+}
+
+/// Deletes `found`, an object of ours, unless the name now holds another object: the uid
+/// precondition keeps an object created under the same name since it was read (someone else's)
+/// from being deleted. Gone, or replaced, counts as done.
+pub async fn delete_ours<K>(api: &Api<K>, found: &K, what: &'static str) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let meta = found.meta();
+    let name = meta.name.as_deref().unwrap_or_default();
+    let params = DeleteParams::background().preconditions(Preconditions {
+        uid: meta.uid.clone(),
+        resource_version: None,
+    });
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(source) => Err(Error::Kube {
             action: what,
             source,

@@ -122,6 +122,41 @@ pub(super) fn front_service() -> Value {
     })
 }
 
+/// An object as the API server answers a read of it: `obj` with a uid.
+pub(super) fn found(mut obj: Value, uid: &str) -> Value {
+    obj["metadata"]["uid"] = json!(uid);
+    obj
+}
+
+/// A read of `uri` answered "not found".
+pub(super) fn absent(uri: &str) -> Call {
+    Call::get(uri).fail(404, "NotFound")
+}
+
+/// The read of `llm`'s Service, answered with the one the operator made.
+pub(super) fn get_service() -> Call {
+    Call::get(SVC).reply(found(front_service(), "uid-svc"))
+}
+
+/// A Service `llm` a user made: their selector and port, no label or owner of ours.
+pub(super) fn user_service() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "llm", "namespace": "ns", "uid": "uid-user-svc"},
+        "spec": {
+            "selector": {"app": "web"},
+            "ports": [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    })
+}
+
+/// A delete of `uri`, in the background, only if the object there still has uid `uid`.
+pub(super) fn delete_ours(uri: &str, uid: &str) -> Call {
+    Call::delete(format!("{uri}?")).includes(json!({
+        "propagationPolicy": "Background", "preconditions": {"uid": uid},
+    }))
+}
+
 pub(super) fn apply_service() -> Call {
     Call::patch(format!("{SVC}{APPLY}")).body(front_service())
 }

@@ -27,6 +27,7 @@ use crate::{
 };
 
 mod calls;
+mod clashes;
 use calls::*;
 
 fn store<K>(objects: Vec<K>) -> (reflector::Store<K>, Writer<K>)
@@ -111,6 +112,7 @@ async fn created(ctx: &Arc<Context>, handle: Handle) -> Created {
             apply_config_map(&["llm"], 90),
             apply_role(&["llm"]),
             apply_binding(&["llm"]),
+            absent(SVC),
             apply_service(),
             write_status(&finalized(ms.clone()), 90, 1),
             event("ConfigRegenerated", "Normal", "Reconcile"),
@@ -128,18 +130,18 @@ async fn created(ctx: &Arc<Context>, handle: Handle) -> Created {
         .unwrap();
     assert_eq!(second, Action::requeue(RESYNC));
     let (handle, bodies) = script.finish().await;
-    let revision = revision(&bodies[6]);
+    let revision = revision(&bodies[7]);
     assert_eq!(config_map_revision(&bodies[2]), revision);
     assert_eq!(
-        bodies[6]["status"]["configPublishedAt"],
-        bodies[6]["status"]["conditions"][1]["lastTransitionTime"],
+        bodies[7]["status"]["configPublishedAt"],
+        bodies[7]["status"]["conditions"][1]["lastTransitionTime"],
         "the entry was published by this reconcile"
     );
     Created {
-        ms: with_status_from(finalized(ms), &bodies[6]),
+        ms: with_status_from(finalized(ms), &bodies[7]),
         handle,
         revision,
-        regenerated: bodies[7]["metadata"]["name"].as_str().unwrap().to_string(),
+        regenerated: bodies[8]["metadata"]["name"].as_str().unwrap().to_string(),
     }
 }
 
@@ -154,8 +156,9 @@ async fn an_unchanged_re_reconcile_rewrites_nothing_but_the_service() {
     let (ctx, handle) = Context::test(pods(), vec![]);
     let Created { ms, handle, .. } = created(&ctx, handle).await;
     // The config was written under a minute ago and is unchanged, the status is what it was, and
-    // no transition happened: only the Service is applied again (idempotent).
-    let script = serve(handle, vec![apply_service()]);
+    // no transition happened: only the Service is read, found ours, and applied again
+    // (idempotent).
+    let script = serve(handle, vec![get_service(), apply_service()]);
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     script.finish().await;
@@ -178,6 +181,7 @@ async fn a_weight_change_republishes_restamps_and_tells() {
             apply_config_map(&["llm"], 50),
             apply_role(&["llm"]),
             apply_binding(&["llm"]),
+            get_service(),
             apply_service(),
             write_status(&ms, 50, 2),
             // The recorder continues its earlier event of the same reason as a series: the
@@ -194,7 +198,7 @@ async fn a_weight_change_republishes_restamps_and_tells() {
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     let (_, bodies) = script.finish().await;
-    let after = revision(&bodies[4]);
+    let after = revision(&bodies[5]);
     assert_ne!(after, before, "a new revision carries the new weights");
     assert_eq!(config_map_revision(&bodies[0]), after);
 }
@@ -203,7 +207,6 @@ async fn a_weight_change_republishes_restamps_and_tells() {
 async fn deleting_the_last_model_service_removes_what_was_published() {
     let ms = deleting(llm(90));
     let (ctx, handle) = Context::test(pods(), vec![ms.clone()]);
-    let svc = front_service();
     let script = serve(
         handle,
         vec![
@@ -211,8 +214,8 @@ async fn deleting_the_last_model_service_removes_what_was_published() {
             Call::delete(format!("{BINDING}?"))
                 .includes(json!({"propagationPolicy": "Background"})),
             Call::delete(format!("{ROLE}?")).includes(json!({"propagationPolicy": "Background"})),
-            Call::get(SVC).reply(svc),
-            Call::delete(format!("{SVC}?")).includes(json!({"propagationPolicy": "Background"})),
+            get_service(),
+            delete_ours(SVC, "uid-svc"),
             event("Cleanup", "Normal", "Delete"),
             remove_finalizer(&ms),
         ],
@@ -294,6 +297,7 @@ async fn a_forbidden_publication_fails_the_reconcile_and_is_retried_whole() {
             apply_config_map(&["llm"], 90),
             apply_role(&["llm"]),
             apply_binding(&["llm"]),
+            absent(SVC),
             apply_service(),
             write_status(&ms, 90, 1),
             event("ConfigRegenerated", "Normal", "Reconcile"),
@@ -315,6 +319,7 @@ async fn a_conflict_is_counted_requeued_and_the_retry_writes_only_what_is_left()
             apply_config_map(&["llm"], 90),
             apply_role(&["llm"]),
             apply_binding(&["llm"]),
+            absent(SVC),
             apply_service().fail(409, "Conflict"),
         ],
     );
@@ -335,6 +340,7 @@ async fn a_conflict_is_counted_requeued_and_the_retry_writes_only_what_is_left()
     let script = serve(
         handle,
         vec![
+            absent(SVC),
             apply_service(),
             write_status(&ms, 90, 1),
             event("ConfigRegenerated", "Normal", "Reconcile"),
