@@ -9,10 +9,17 @@
 //! ModelService with what to rename, and left untouched.
 
 use infermesh_crds::ModelService;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use infermesh_crds::mesh::CONFIG_MAP_NAME;
+use k8s_openapi::{
+    api::{
+        core::v1::ConfigMap,
+        rbac::v1::{Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{Resource, ResourceExt};
 
-use crate::resources::{MANAGED_BY, MANAGER};
+use crate::resources::{MANAGED_BY, MANAGER, READER_ROLE};
 
 /// What the operator may do under a name it writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +37,56 @@ fn managed(meta: &ObjectMeta) -> bool {
         .as_ref()
         .and_then(|l| l.get(MANAGED_BY))
         .is_some_and(|v| v == MANAGER)
+}
+
+/// A namespace-wide object (the mesh ConfigMap, the reader Role and RoleBinding) found as `found`.
+pub fn claim_shared(found: Option<&ObjectMeta>) -> Claim {
+    match found {
+        None => Claim::Free,
+        Some(meta) if managed(meta) => Claim::Ours,
+        Some(_) => Claim::Taken,
+    }
+}
+
+/// `found`, if it is a namespace-wide object of ours.
+pub fn ours_shared<K: Resource>(found: Option<&K>) -> Option<&K> {
+    found.filter(|o| claim_shared(Some(o.meta())) == Claim::Ours)
+}
+
+/// A namespace's mesh ConfigMap and reader Role and RoleBinding, as read before they are written
+/// or deleted.
+#[derive(Clone, Debug, Default)]
+pub struct Shared {
+    pub config_map: Option<ConfigMap>,
+    pub role: Option<Role>,
+    pub binding: Option<RoleBinding>,
+}
+
+impl Shared {
+    /// The ones someone else's object holds the name of; any of them keeps the namespace's mesh
+    /// config from being written.
+    pub fn clashes(&self) -> Vec<Clash> {
+        [
+            (
+                "ConfigMap",
+                CONFIG_MAP_NAME,
+                self.config_map.as_ref().map(|o| &o.metadata),
+            ),
+            ("Role", READER_ROLE, self.role.as_ref().map(|o| &o.metadata)),
+            (
+                "RoleBinding",
+                READER_ROLE,
+                self.binding.as_ref().map(|o| &o.metadata),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, _, found)| claim_shared(*found) == Claim::Taken)
+        .map(|(kind, name, _)| Clash {
+            kind,
+            name: name.to_string(),
+        })
+        .collect()
+    }
 }
 
 /// The Service found as `found` under the name of `ms`.
@@ -125,6 +182,39 @@ mod tests {
             ..Default::default()
         }]);
         meta
+    }
+
+    #[test]
+    fn a_shared_object_is_ours_only_with_our_label() {
+        assert_eq!(claim_shared(None), Claim::Free);
+        assert_eq!(claim_shared(Some(&labelled(MANAGER))), Claim::Ours);
+        assert_eq!(claim_shared(Some(&labelled("Helm"))), Claim::Taken);
+        assert_eq!(claim_shared(Some(&ObjectMeta::default())), Claim::Taken);
+    }
+
+    #[test]
+    fn every_shared_object_held_by_someone_else_is_a_clash() {
+        let mut shared = Shared::default();
+        assert!(shared.clashes().is_empty(), "nothing there yet");
+        shared.config_map = Some(ConfigMap {
+            metadata: labelled("Helm"),
+            ..Default::default()
+        });
+        shared.role = Some(Role {
+            metadata: labelled(MANAGER),
+            ..Default::default()
+        });
+        let clashes = shared.clashes();
+        assert_eq!(
+            clashes,
+            [Clash {
+                kind: "ConfigMap",
+                name: CONFIG_MAP_NAME.into()
+            }]
+        );
+        assert!(clashes[0].blocks_config());
+        assert!(ours_shared(shared.config_map.as_ref()).is_none());
+        assert!(ours_shared(shared.role.as_ref()).is_some());
     }
 
     #[test]

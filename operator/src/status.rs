@@ -16,15 +16,22 @@ pub const ENDPOINTS_AVAILABLE: &str = "EndpointsAvailable";
 /// an object it did not create.
 pub const NAME_CLASH: &str = "NameClash";
 
+/// The published config entry of a ModelService: the revision of the config that carried its
+/// last change, and when.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub revision: String,
+    pub at: Time,
+}
+
 /// What one reconcile saw and did.
 #[derive(Clone, Debug)]
 pub struct Observation<'a> {
     pub generation: Option<i64>,
     pub resolved: &'a [ResolvedVariant],
-    /// Revision of the namespace's mesh config carrying this ModelService's current entry.
-    pub revision: String,
-    /// When that entry was last changed in the published config.
-    pub published_at: Time,
+    /// This ModelService's entry in the namespace's mesh config; `None` when a name clash kept
+    /// the config from being written (the status then keeps the revision it had).
+    pub entry: Option<Entry>,
     /// Objects the operator left alone because someone else's object holds their name.
     pub clashes: &'a [Clash],
 }
@@ -63,15 +70,31 @@ pub fn compute_status(
         .map(|v| v.name.as_str())
         .collect();
 
-    let config = (
-        "True",
-        "Published",
-        format!(
-            "mesh config revision {} carries this ModelService (ConfigMap {})",
-            obs.revision,
-            infermesh_crds::mesh::CONFIG_MAP_NAME
+    let config = match &obs.entry {
+        Some(entry) => (
+            "True",
+            "Published",
+            format!(
+                "mesh config revision {} carries this ModelService (ConfigMap {})",
+                entry.revision,
+                infermesh_crds::mesh::CONFIG_MAP_NAME
+            ),
         ),
-    );
+        None => {
+            let blocking: Vec<String> = obs
+                .clashes
+                .iter()
+                .filter(|c| c.blocks_config())
+                .map(Clash::message)
+                .collect();
+            ("False", NAME_CLASH, blocking.join("; "))
+        }
+    };
+    let revision = obs
+        .entry
+        .as_ref()
+        .map(|e| e.revision.clone())
+        .or_else(|| prev.and_then(|p| p.revision.clone()));
     let endpoints = if !invalid.is_empty() {
         ("False", "InvalidSelector", invalid.join("; "))
     } else if !empty.is_empty() {
@@ -103,7 +126,7 @@ pub fn compute_status(
             format!(
                 "serving {} via revision {}",
                 spec.weights_summary(),
-                obs.revision
+                revision.as_deref().unwrap_or_default()
             ),
         )
     } else {
@@ -144,8 +167,12 @@ pub fn compute_status(
             .collect(),
         variant_weights: Some(spec.weights_summary()),
         ready_endpoints: Some(i32::try_from(total).unwrap_or(i32::MAX)),
-        revision: Some(obs.revision.clone()),
-        config_published_at: Some(obs.published_at.clone()),
+        revision,
+        config_published_at: obs
+            .entry
+            .as_ref()
+            .map(|e| e.at.clone())
+            .or_else(|| prev.and_then(|p| p.config_published_at.clone())),
     }
 }
 
@@ -248,8 +275,10 @@ mod tests {
         Observation {
             generation: Some(3),
             resolved,
-            revision: rev.into(),
-            published_at: t(100),
+            entry: Some(Entry {
+                revision: rev.into(),
+                at: t(100),
+            }),
             clashes: &[],
         }
     }
@@ -366,6 +395,42 @@ mod tests {
             .map(|n| n.reason)
             .collect();
         assert_eq!(told, ["Ready"], "recovered once the clash is gone");
+    }
+
+    #[test]
+    fn a_config_map_clash_keeps_the_revision_and_fails_config_generated() {
+        let spec = spec_with(&[("stable", 100, "v1")]);
+        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+        let r = resolve(&spec, "ns", &pods);
+        let before = compute_status(&spec, None, &observe(&r, "r1"), &t(1));
+        let clashes = [Clash {
+            kind: "ConfigMap",
+            name: infermesh_crds::mesh::CONFIG_MAP_NAME.into(),
+        }];
+        let blocked = Observation {
+            entry: None,
+            clashes: &clashes,
+            ..observe(&r, "unused")
+        };
+        let s = compute_status(&spec, Some(&before), &blocked, &t(2));
+        let config = cond(&s, CONFIG_GENERATED);
+        assert_eq!(
+            (config.status.as_str(), config.reason.as_str()),
+            ("False", NAME_CLASH)
+        );
+        assert!(config.message.contains("ConfigMap infermesh-mesh-config"));
+        assert_eq!(cond(&s, READY).reason, NAME_CLASH);
+        assert_eq!(
+            s.revision.as_deref(),
+            Some("r1"),
+            "nothing new was published"
+        );
+        assert_eq!(s.config_published_at, before.config_published_at);
+        let reasons: Vec<_> = notices(&spec, Some(&before), &s, &r)
+            .into_iter()
+            .map(|n| n.reason)
+            .collect();
+        assert_eq!(reasons, [NAME_CLASH]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::{
 use futures::StreamExt;
 use infermesh_crds::{
     ModelService,
-    mesh::{CONFIG_MAP_NAME, MeshConfig, ServiceConfig},
+    mesh::{MeshConfig, ServiceConfig},
 };
 use k8s_openapi::{
     api::{
@@ -152,32 +152,48 @@ async fn wait_for_pods(ctx: &Context) -> Result<(), Error> {
     }
 }
 
+/// What a publication of a namespace's mesh config came to.
+enum Publication {
+    /// The config was written, or found written recently; with the entries published before it.
+    Current(MeshConfig, HashMap<String, ServiceConfig>),
+    /// Someone else's objects hold names the config needs: nothing was written.
+    Blocked(Vec<Clash>),
+}
+
 /// Publishes `ns`'s mesh config from the caches (ModelServices in `members`), and the reader
-/// RBAC with it, unless the same config was written recently. Returns the config and the entries
-/// published before it. Must run under the namespace lock (`published`).
+/// RBAC with it, unless the same config was written recently. Before a write, the three objects
+/// are read: if any is someone else's, none is written. Must run under the namespace lock
+/// (`published`).
 async fn publish(
     ctx: &Context,
     ns: &str,
     namespace: &Namespace,
     members: &[Arc<ModelService>],
     published: &mut Published,
-) -> Result<(MeshConfig, HashMap<String, ServiceConfig>), Error> {
+) -> Result<Publication, Error> {
     let config = publication::desired(ns, members, &ctx.namespace_pods(ns));
-    let previous = match published.previous_entries() {
-        Some(entries) => entries,
-        None => publication::entries_of(writes::read_published(&ctx.client, ns).await?),
-    };
+    let known = published.previous_entries();
     let republish = namespace.take_republish();
-    if !published.is_fresh(&config, republish, Instant::now()) {
-        published.expire();
-        let owners: Vec<&ModelService> = members.iter().map(|m| m.as_ref()).collect();
-        writes::apply_published(&ctx.client, ns, &config, &owners).await?;
-        if published.written(&config, Instant::now()) {
-            tracing::info!(namespace = ns, revision = %config.revision, services = config.services.len(), "mesh config published");
-        }
+    if let Some(previous) = &known
+        && published.is_fresh(&config, republish, Instant::now())
+    {
+        return Ok(Publication::Current(config, previous.clone()));
+    }
+    published.expire();
+    let found = writes::read_published(&ctx.client, ns).await?;
+    let clashes = found.clashes();
+    if !clashes.is_empty() {
+        tracing::warn!(namespace = ns, clashes = ?clashes, "mesh config not published: its names are held by objects the operator did not create");
+        return Ok(Publication::Blocked(clashes));
+    }
+    let previous = known.unwrap_or_else(|| publication::entries_of(found.config_map));
+    let owners: Vec<&ModelService> = members.iter().map(|m| m.as_ref()).collect();
+    writes::apply_published(&ctx.client, ns, &config, &owners).await?;
+    if published.written(&config, Instant::now()) {
+        tracing::info!(namespace = ns, revision = %config.revision, services = config.services.len(), "mesh config published");
     }
     published.current(config.clone());
-    Ok((config, previous))
+    Ok(Publication::Current(config, previous))
 }
 
 async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
@@ -198,17 +214,22 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     // equal the status read back, and an unchanged status would be rewritten at every reconcile.
     let now = Timestamp::now();
     let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
-    let stamp = {
+    let (stamp, mut clashes) = {
         let namespace = ctx.publications.namespace(&ns);
         let mut published = namespace.published.lock().await;
         let mut members = ctx.members(&ns, ms.uid().as_deref());
         members.push(Arc::new(ms.clone()));
-        let (config, previous) = publish(ctx, &ns, &namespace, &members, &mut published).await?;
-        let changed = publication::entry_changed(&previous, &config, &name);
-        published.stamp(&name, changed, ms.status.as_ref(), &config.revision, &now)
+        match publish(ctx, &ns, &namespace, &members, &mut published).await? {
+            Publication::Current(config, previous) => {
+                let changed = publication::entry_changed(&previous, &config, &name);
+                let stamp =
+                    published.stamp(&name, changed, ms.status.as_ref(), &config.revision, &now);
+                (Some(stamp), vec![])
+            }
+            Publication::Blocked(clashes) => (None, clashes),
+        }
     };
 
-    let mut clashes = vec![];
     let found = writes::read_service(&ctx.client, &ns, &name).await?;
     match ownership::claim_service(found.as_ref().map(|s| &s.metadata), ms) {
         Claim::Free | Claim::Ours => {
@@ -224,8 +245,10 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     let obs = Observation {
         generation: ms.metadata.generation,
         resolved: &resolved,
-        revision: stamp.revision,
-        published_at: stamp.at,
+        entry: stamp.map(|s| status::Entry {
+            revision: s.revision,
+            at: s.at,
+        }),
         clashes: &clashes,
     };
     let prev = ms.status.as_ref();
@@ -256,28 +279,26 @@ async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
         let mut published = namespace.published.lock().await;
         let members = ctx.members(&ns, ms.uid().as_deref());
         if members.is_empty() {
-            writes::delete_if_present(
-                &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
-                CONFIG_MAP_NAME,
-                "delete mesh config ConfigMap",
-            )
-            .await?;
-            writes::delete_if_present(
-                &Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns),
-                resources::READER_ROLE,
-                "delete reader RoleBinding",
-            )
-            .await?;
-            writes::delete_if_present(
-                &Api::<Role>::namespaced(ctx.client.clone(), &ns),
-                resources::READER_ROLE,
-                "delete reader Role",
-            )
-            .await?;
+            // Only what the operator made: an object of someone else's under one of these names
+            // stays.
+            let found = writes::read_published(&ctx.client, &ns).await?;
+            if let Some(cm) = ownership::ours_shared(found.config_map.as_ref()) {
+                let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
+                writes::delete_ours(&api, cm, "delete mesh config ConfigMap").await?;
+            }
+            if let Some(rb) = ownership::ours_shared(found.binding.as_ref()) {
+                let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
+                writes::delete_ours(&api, rb, "delete reader RoleBinding").await?;
+            }
+            if let Some(role) = ownership::ours_shared(found.role.as_ref()) {
+                let api = Api::<Role>::namespaced(ctx.client.clone(), &ns);
+                writes::delete_ours(&api, role, "delete reader Role").await?;
+            }
             *published = Published::default();
         } else {
             published.expire();
             match publish(ctx, &ns, &namespace, &members, &mut published).await {
+                // Someone else's objects hold the names: there is no config of ours to leave.
                 Ok(_) => {}
                 // The namespace is being deleted (nothing may be created in it) or is gone:
                 // the config goes with it, so the ModelService may go too.

@@ -133,6 +133,45 @@ pub(super) fn absent(uri: &str) -> Call {
     Call::get(uri).fail(404, "NotFound")
 }
 
+/// The reads before a publication of the namespace's ConfigMap, Role and RoleBinding, answered
+/// "not found".
+pub(super) fn published_absent() -> [Call; 3] {
+    [absent(CM), absent(ROLE), absent(BINDING)]
+}
+
+/// The same reads answered with the objects the operator made (uids `uid-cm`, `uid-role`,
+/// `uid-binding`).
+pub(super) fn published_ours() -> [Call; 3] {
+    let meta = |name: &str, uid: &str| json!({"name": name, "namespace": "ns", "uid": uid, "labels": managed()});
+    [
+        Call::get(CM).reply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": meta("infermesh-mesh-config", "uid-cm"),
+        })),
+        Call::get(ROLE).reply(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": meta("infermesh-mesh-config-reader", "uid-role"),
+        })),
+        Call::get(BINDING).reply(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": meta("infermesh-mesh-config-reader", "uid-binding"),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                "name": "infermesh-mesh-config-reader",
+            },
+        })),
+    ]
+}
+
+/// The deletes of the namespace's published objects read by [`published_ours`], in order.
+pub(super) fn delete_published() -> [Call; 3] {
+    [
+        delete_ours(CM, "uid-cm"),
+        delete_ours(BINDING, "uid-binding"),
+        delete_ours(ROLE, "uid-role"),
+    ]
+}
+
 /// The read of `llm`'s Service, answered with the one the operator made.
 pub(super) fn get_service() -> Call {
     Call::get(SVC).reply(found(front_service(), "uid-svc"))

@@ -9,7 +9,10 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 use super::{Context, RESYNC, calls::*, deleting, finalized, llm, pods, reconcile};
-use crate::fixtures::api_server::{Call, serve};
+use crate::fixtures::{
+    api_server::{Call, serve},
+    model_service, spec_with,
+};
 
 /// The status apply of `ms` with a name clash: Ready=False `NameClash` saying what to rename,
 /// ConfigGenerated as `config` says; answered with `ms` carrying the status.
@@ -51,42 +54,138 @@ async fn a_service_it_did_not_create_is_a_name_clash_never_applied_nor_deleted()
     // read and left as it is: no apply of the Service.
     let script = serve(
         handle,
-        vec![
-            absent(CM),
-            apply_config_map(&["llm"], 90),
-            apply_role(&["llm"]),
-            apply_binding(&["llm"]),
-            Call::get(SVC).reply(user_service()),
-            clash_status(
-                &ms,
-                "True",
-                "rename the ModelService, or rename or delete the Service llm",
-            ),
-            event("ConfigRegenerated", "Normal", "Reconcile"),
-            clash_event("Service llm already exists"),
-        ],
+        [
+            published_absent().into(),
+            vec![
+                apply_config_map(&["llm"], 90),
+                apply_role(&["llm"]),
+                apply_binding(&["llm"]),
+                Call::get(SVC).reply(user_service()),
+                clash_status(
+                    &ms,
+                    "True",
+                    "rename the ModelService, or rename or delete the Service llm",
+                ),
+                event("ConfigRegenerated", "Normal", "Reconcile"),
+                clash_event("Service llm already exists"),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms.clone()), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     let (handle, bodies) = script.finish().await;
 
     // Deleting the ModelService removes what the operator published, not the user's Service.
-    let ms = deleting(with_status_from(ms, &bodies[5]));
+    let ms = deleting(with_status_from(ms, &bodies[7]));
     let script = serve(
         handle,
-        vec![
-            Call::delete(format!("{CM}?")),
-            Call::delete(format!("{BINDING}?")),
-            Call::delete(format!("{ROLE}?")),
-            Call::get(SVC).reply(user_service()),
-            event("Cleanup", "Normal", "Delete").check(|body: &Value| {
-                let note = body["note"].as_str().unwrap();
-                assert!(note.contains("Service llm was left in place"), "{note}");
-            }),
-            remove_finalizer(&ms),
-        ],
+        [
+            published_ours().into(),
+            delete_published().into(),
+            vec![
+                Call::get(SVC).reply(user_service()),
+                event("Cleanup", "Normal", "Delete").check(|body: &Value| {
+                    let note = body["note"].as_str().unwrap();
+                    assert!(note.contains("Service llm was left in place"), "{note}");
+                }),
+                remove_finalizer(&ms),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
+    script.finish().await;
+}
+
+/// A ConfigMap `infermesh-mesh-config` a user made.
+fn user_config_map() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "infermesh-mesh-config", "namespace": "ns", "uid": "uid-user-cm"},
+        "data": {"mesh.json": "the user's own"},
+    })
+}
+
+#[tokio::test]
+async fn a_config_map_it_did_not_create_is_never_written_and_every_model_service_reports_it() {
+    let other = finalized(model_service(
+        "other",
+        "ns",
+        spec_with(&[("stable", 100, "v1")]),
+    ));
+    let ms = finalized(llm(90));
+    let (ctx, handle) = Context::test(pods(), vec![ms.clone(), other.clone()]);
+    let user_cm = || Call::get(CM).reply(user_config_map());
+    let other_ms = "/apis/infermesh.io/v1alpha1/namespaces/ns/modelservices/other";
+    let other_svc = "/api/v1/namespaces/ns/services/other";
+    // Neither reconcile writes the ConfigMap, the Role or the RoleBinding; each ModelService
+    // still gets its own Service and reports the clash.
+    let script = serve(
+        handle,
+        vec![
+            user_cm(),
+            absent(ROLE),
+            absent(BINDING),
+            absent(SVC),
+            apply_service(),
+            clash_status(&ms, "False", "rename or delete that ConfigMap"),
+            clash_event("ConfigMap infermesh-mesh-config already exists"),
+            user_cm(),
+            absent(ROLE),
+            absent(BINDING),
+            absent(other_svc),
+            Call::patch(format!("{other_svc}{APPLY}"))
+                .includes(json!({"metadata": {"name": "other"}})),
+            Call::patch(format!("{other_ms}/status{APPLY}"))
+                .includes(json!({
+                    "status": {"conditions": [
+                        {"type": "Ready", "status": "False", "reason": "NameClash"},
+                        {"type": "ConfigGenerated", "status": "False", "reason": "NameClash"},
+                        {"type": "EndpointsAvailable", "status": "True"},
+                    ]},
+                }))
+                .reply(serde_json::to_value(&other).unwrap()),
+            Call::post(EVENTS).includes(json!({
+                "reason": "NameClash", "type": "Warning",
+                "regarding": {"kind": "ModelService", "name": "other"},
+            })),
+        ],
+    );
+    for m in [&ms, &other] {
+        let action = reconcile(Arc::new(m.clone()), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(RESYNC));
+    }
+    let (handle, bodies) = script.finish().await;
+    let status = &bodies[5]["status"];
+    assert!(status["revision"].is_null(), "nothing was published");
+
+    // The user removed their ConfigMap: the next reconcile publishes the namespace's config.
+    let ms = with_status_from(ms, &bodies[5]);
+    let script = serve(
+        handle,
+        [
+            published_absent().into(),
+            vec![
+                apply_config_map(&["llm", "other"], 90),
+                apply_role(&["llm", "other"]),
+                apply_binding(&["llm", "other"]),
+                get_service(),
+                apply_service(),
+                write_status(&ms, 90, 1),
+                event("ConfigRegenerated", "Normal", "Reconcile"),
+                event("Ready", "Normal", "Reconcile"),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    );
+    reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     script.finish().await;
 }

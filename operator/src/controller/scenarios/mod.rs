@@ -106,18 +106,23 @@ async fn created(ctx: &Arc<Context>, handle: Handle) -> Created {
     let ms = llm(90);
     let script = serve(
         handle,
-        vec![
-            add_finalizer(&ms),
-            Call::get(CM).fail(404, "NotFound"),
-            apply_config_map(&["llm"], 90),
-            apply_role(&["llm"]),
-            apply_binding(&["llm"]),
-            absent(SVC),
-            apply_service(),
-            write_status(&finalized(ms.clone()), 90, 1),
-            event("ConfigRegenerated", "Normal", "Reconcile"),
-            event("Ready", "Normal", "Reconcile"),
-        ],
+        [
+            vec![add_finalizer(&ms)],
+            published_absent().into(),
+            vec![
+                apply_config_map(&["llm"], 90),
+                apply_role(&["llm"]),
+                apply_binding(&["llm"]),
+                absent(SVC),
+                apply_service(),
+                write_status(&finalized(ms.clone()), 90, 1),
+                event("ConfigRegenerated", "Normal", "Reconcile"),
+                event("Ready", "Normal", "Reconcile"),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let first = reconcile(Arc::new(ms.clone()), ctx.clone()).await.unwrap();
     assert_eq!(
@@ -130,18 +135,18 @@ async fn created(ctx: &Arc<Context>, handle: Handle) -> Created {
         .unwrap();
     assert_eq!(second, Action::requeue(RESYNC));
     let (handle, bodies) = script.finish().await;
-    let revision = revision(&bodies[7]);
-    assert_eq!(config_map_revision(&bodies[2]), revision);
+    let revision = revision(&bodies[9]);
+    assert_eq!(config_map_revision(&bodies[4]), revision);
     assert_eq!(
-        bodies[7]["status"]["configPublishedAt"],
-        bodies[7]["status"]["conditions"][1]["lastTransitionTime"],
+        bodies[9]["status"]["configPublishedAt"],
+        bodies[9]["status"]["conditions"][1]["lastTransitionTime"],
         "the entry was published by this reconcile"
     );
     Created {
-        ms: with_status_from(finalized(ms), &bodies[7]),
+        ms: with_status_from(finalized(ms), &bodies[9]),
         handle,
         revision,
-        regenerated: bodies[8]["metadata"]["name"].as_str().unwrap().to_string(),
+        regenerated: bodies[10]["metadata"]["name"].as_str().unwrap().to_string(),
     }
 }
 
@@ -177,30 +182,36 @@ async fn a_weight_change_republishes_restamps_and_tells() {
     ms.metadata.generation = Some(2);
     let script = serve(
         handle,
-        vec![
-            apply_config_map(&["llm"], 50),
-            apply_role(&["llm"]),
-            apply_binding(&["llm"]),
-            get_service(),
-            apply_service(),
-            write_status(&ms, 50, 2),
-            // The recorder continues its earlier event of the same reason as a series: the
-            // patch counts it again and keeps the first occurrence's note.
-            Call::patch(format!(
-                "/apis/events.k8s.io/v1/namespaces/ns/events/{regenerated}?"
-            ))
-            .includes(json!({
-                "reason": "ConfigRegenerated", "type": "Normal", "series": {"count": 2},
-                "regarding": {"kind": "ModelService", "name": "llm", "uid": "uid-llm"},
-            })),
-        ],
+        [
+            published_ours().into(),
+            vec![
+                apply_config_map(&["llm"], 50),
+                apply_role(&["llm"]),
+                apply_binding(&["llm"]),
+                get_service(),
+                apply_service(),
+                write_status(&ms, 50, 2),
+                // The recorder continues its earlier event of the same reason as a series: the
+                // patch counts it again and keeps the first occurrence's note.
+                Call::patch(format!(
+                    "/apis/events.k8s.io/v1/namespaces/ns/events/{regenerated}?"
+                ))
+                .includes(json!({
+                    "reason": "ConfigRegenerated", "type": "Normal", "series": {"count": 2},
+                    "regarding": {"kind": "ModelService", "name": "llm", "uid": "uid-llm"},
+                })),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     let (_, bodies) = script.finish().await;
-    let after = revision(&bodies[5]);
+    let after = revision(&bodies[8]);
     assert_ne!(after, before, "a new revision carries the new weights");
-    assert_eq!(config_map_revision(&bodies[0]), after);
+    assert_eq!(config_map_revision(&bodies[3]), after);
 }
 
 #[tokio::test]
@@ -209,16 +220,19 @@ async fn deleting_the_last_model_service_removes_what_was_published() {
     let (ctx, handle) = Context::test(pods(), vec![ms.clone()]);
     let script = serve(
         handle,
-        vec![
-            Call::delete(format!("{CM}?")).includes(json!({"propagationPolicy": "Background"})),
-            Call::delete(format!("{BINDING}?"))
-                .includes(json!({"propagationPolicy": "Background"})),
-            Call::delete(format!("{ROLE}?")).includes(json!({"propagationPolicy": "Background"})),
-            get_service(),
-            delete_ours(SVC, "uid-svc"),
-            event("Cleanup", "Normal", "Delete"),
-            remove_finalizer(&ms),
-        ],
+        [
+            published_ours().into(),
+            delete_published().into(),
+            vec![
+                get_service(),
+                delete_ours(SVC, "uid-svc"),
+                event("Cleanup", "Normal", "Delete"),
+                remove_finalizer(&ms),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -231,14 +245,17 @@ async fn cleanup_takes_objects_already_gone_as_deleted() {
     let (ctx, handle) = Context::test(pods(), vec![ms.clone()]);
     let script = serve(
         handle,
-        vec![
-            Call::delete(format!("{CM}?")).fail(404, "NotFound"),
-            Call::delete(format!("{BINDING}?")).fail(404, "NotFound"),
-            Call::delete(format!("{ROLE}?")).fail(404, "NotFound"),
-            Call::get(SVC).fail(404, "NotFound"),
-            event("Cleanup", "Normal", "Delete"),
-            remove_finalizer(&ms),
-        ],
+        [
+            published_absent().into(),
+            vec![
+                absent(SVC),
+                event("Cleanup", "Normal", "Delete"),
+                remove_finalizer(&ms),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -254,15 +271,20 @@ async fn cleanup_in_a_terminating_namespace_lets_the_model_service_go() {
     // so the API server forbids the write, and the config goes with the namespace anyway.
     let script = serve(
         handle,
-        vec![
-            Call::get(CM).fail(404, "NotFound"),
-            Call::patch(format!("{CM}{APPLY}"))
-                .includes(json!({"metadata": {"ownerReferences": [shared_owner("other")]}}))
-                .fail(403, "Forbidden"),
-            Call::get(SVC).fail(404, "NotFound"),
-            event("Cleanup", "Normal", "Delete"),
-            remove_finalizer(&ms),
-        ],
+        [
+            published_absent().into(),
+            vec![
+                Call::patch(format!("{CM}{APPLY}"))
+                    .includes(json!({"metadata": {"ownerReferences": [shared_owner("other")]}}))
+                    .fail(403, "Forbidden"),
+                absent(SVC),
+                event("Cleanup", "Normal", "Delete"),
+                remove_finalizer(&ms),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -275,10 +297,13 @@ async fn a_forbidden_publication_fails_the_reconcile_and_is_retried_whole() {
     let (ctx, handle) = Context::test(pods(), vec![]);
     let script = serve(
         handle,
-        vec![
-            Call::get(CM).fail(404, "NotFound"),
-            apply_config_map(&["llm"], 90).fail(403, "Forbidden"),
-        ],
+        [
+            published_absent().into(),
+            vec![apply_config_map(&["llm"], 90).fail(403, "Forbidden")],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let err = reconcile(Arc::new(ms.clone()), ctx.clone())
         .await
@@ -292,17 +317,22 @@ async fn a_forbidden_publication_fails_the_reconcile_and_is_retried_whole() {
     // Nothing was published: the retry reads the cluster again and writes everything.
     let script = serve(
         handle,
-        vec![
-            Call::get(CM).fail(404, "NotFound"),
-            apply_config_map(&["llm"], 90),
-            apply_role(&["llm"]),
-            apply_binding(&["llm"]),
-            absent(SVC),
-            apply_service(),
-            write_status(&ms, 90, 1),
-            event("ConfigRegenerated", "Normal", "Reconcile"),
-            event("Ready", "Normal", "Reconcile"),
-        ],
+        [
+            published_absent().into(),
+            vec![
+                apply_config_map(&["llm"], 90),
+                apply_role(&["llm"]),
+                apply_binding(&["llm"]),
+                absent(SVC),
+                apply_service(),
+                write_status(&ms, 90, 1),
+                event("ConfigRegenerated", "Normal", "Reconcile"),
+                event("Ready", "Normal", "Reconcile"),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     script.finish().await;
@@ -314,14 +344,19 @@ async fn a_conflict_is_counted_requeued_and_the_retry_writes_only_what_is_left()
     let (ctx, handle) = Context::test(pods(), vec![]);
     let script = serve(
         handle,
-        vec![
-            Call::get(CM).fail(404, "NotFound"),
-            apply_config_map(&["llm"], 90),
-            apply_role(&["llm"]),
-            apply_binding(&["llm"]),
-            absent(SVC),
-            apply_service().fail(409, "Conflict"),
-        ],
+        [
+            published_absent().into(),
+            vec![
+                apply_config_map(&["llm"], 90),
+                apply_role(&["llm"]),
+                apply_binding(&["llm"]),
+                absent(SVC),
+                apply_service().fail(409, "Conflict"),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let err = reconcile(Arc::new(ms.clone()), ctx.clone())
         .await
