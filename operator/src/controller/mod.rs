@@ -17,7 +17,7 @@ use std::{
 use futures::StreamExt;
 use infermesh_crds::{
     ModelService,
-    mesh::{MeshConfig, ServiceConfig},
+    mesh::{CONFIG_MAP_NAME, MeshConfig, ServiceConfig},
 };
 use k8s_openapi::{
     api::{
@@ -352,9 +352,11 @@ pub async fn run(
     let (services, ms_writer) = reflector::store::<ModelService>();
     let ms_stream = watches::model_services(&client, &scope, ms_writer);
     let pod_stream = watches::pods(&client, &scope, pod_writer);
-    let cms = watches::deletions::<ConfigMap>(&client, &scope);
-    let roles = watches::deletions::<Role>(&client, &scope);
-    let bindings = watches::deletions::<RoleBinding>(&client, &scope);
+    let cms = watches::deletions::<ConfigMap>(&client, &scope, watches::named(CONFIG_MAP_NAME));
+    let reader = watches::named(resources::READER_ROLE);
+    let roles = watches::deletions::<Role>(&client, &scope, reader.clone());
+    let bindings = watches::deletions::<RoleBinding>(&client, &scope, reader);
+    let gone_services = watches::deletions::<Service>(&client, &scope, Default::default());
     let owned = watches::api_for::<Service>(&client, &scope);
 
     let ctx = Arc::new(Context::new(
@@ -365,6 +367,7 @@ pub async fn run(
         services.clone(),
     ));
     let pod_mapper = watches::pod_to_model_services(services.clone(), ctx.listed.clone());
+    let services_for_names = services.clone();
 
     Controller::for_stream(ms_stream, services)
         .owns(owned, watches::managed())
@@ -372,6 +375,7 @@ pub async fn run(
         .watches_stream(cms, watches::republish(ctx.clone()))
         .watches_stream(roles, watches::republish(ctx.clone()))
         .watches_stream(bindings, watches::republish(ctx.clone()))
+        .watches_stream(gone_services, watches::same_name(services_for_names))
         .with_config(
             ControllerConfig::default()
                 .concurrency(scope.concurrency)
