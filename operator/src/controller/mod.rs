@@ -298,7 +298,8 @@ async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
         } else {
             published.expire();
             match publish(ctx, &ns, &namespace, &members, &mut published).await {
-                // Someone else's objects hold the names: there is no config of ours to leave.
+                // Rewritten without this entry, or blocked by someone else's objects under the
+                // config's names: either way no config of ours still carries it.
                 Ok(_) => {}
                 // The namespace is being deleted (nothing may be created in it) or is gone:
                 // the config goes with it, so the ModelService may go too.
