@@ -26,6 +26,7 @@ mod error;
 mod fixtures;
 mod lease;
 mod metrics;
+mod ownership;
 mod resources;
 mod status;
 

@@ -21,16 +21,16 @@ use kube::{Resource, ResourceExt};
 
 /// Field manager (and `app.kubernetes.io/managed-by` value) of everything the operator writes.
 pub const MANAGER: &str = "infermesh-operator";
+/// The label marking everything the operator writes (value [`MANAGER`]): what it may overwrite
+/// and delete (see `ownership`).
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Role and RoleBinding letting a namespace's service accounts read only the mesh config.
 pub const READER_ROLE: &str = "infermesh-mesh-config-reader";
 /// Port of the Service fronting a ModelService.
 pub const SERVICE_PORT: i32 = 80;
 
 fn labels(extra: Option<(&str, String)>) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::from([(
-        "app.kubernetes.io/managed-by".to_string(),
-        MANAGER.to_string(),
-    )]);
+    let mut l = BTreeMap::from([(MANAGED_BY.to_string(), MANAGER.to_string())]);
     if let Some((k, v)) = extra {
         l.insert(k.to_string(), v);
     }
@@ -147,18 +147,13 @@ pub fn front_service(ms: &ModelService) -> Service {
     }
 }
 
-/// The Service is controlled by this ModelService (so cleanup may delete it).
-pub fn is_controlled_by(svc: &Service, ms: &ModelService) -> bool {
-    let uid = ms.uid();
-    svc.owner_references()
-        .iter()
-        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{model_service, spec_with};
+    use crate::{
+        fixtures::{model_service, spec_with},
+        ownership::{Claim, claim_service},
+    };
 
     #[test]
     fn service_targets_the_sidecar_and_is_owned() {
@@ -176,9 +171,9 @@ mod tests {
                 .map(String::as_str),
             Some("llm")
         );
-        assert!(is_controlled_by(&svc, &ms));
+        assert_eq!(claim_service(Some(&svc.metadata), &ms), Claim::Ours);
         let other = model_service("other", "ns", spec_with(&[("stable", 100, "v1")]));
-        assert!(!is_controlled_by(&svc, &other));
+        assert_eq!(claim_service(Some(&svc.metadata), &other), Claim::Taken);
     }
 
     #[test]

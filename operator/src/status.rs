@@ -1,25 +1,39 @@
 //! Status computation: from what a reconcile observed, the ModelService's status (conditions
 //! Ready / ConfigGenerated / EndpointsAvailable, per-variant weights and endpoints, revision) and
-//! the events worth telling a person (only on transitions).
+//! the events worth telling a person (only on transitions). A name clash (an object of someone
+//! else's under a name the operator writes) comes before everything else in `Ready`: it is what
+//! the user must fix first.
 
 use infermesh_crds::{ModelServiceSpec, ModelServiceStatus, model_service::VariantStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::endpoints::ResolvedVariant;
+use crate::{endpoints::ResolvedVariant, ownership::Clash};
 
 pub const READY: &str = "Ready";
 pub const CONFIG_GENERATED: &str = "ConfigGenerated";
 pub const ENDPOINTS_AVAILABLE: &str = "EndpointsAvailable";
+/// Reason of `Ready=False` (and of the Warning event) when a name the operator writes is held by
+/// an object it did not create.
+pub const NAME_CLASH: &str = "NameClash";
+
+/// The published config entry of a ModelService: the revision of the config that carried its
+/// last change, and when.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub revision: String,
+    pub at: Time,
+}
 
 /// What one reconcile saw and did.
 #[derive(Clone, Debug)]
 pub struct Observation<'a> {
     pub generation: Option<i64>,
     pub resolved: &'a [ResolvedVariant],
-    /// Revision of the namespace's mesh config carrying this ModelService's current entry.
-    pub revision: String,
-    /// When that entry was last changed in the published config.
-    pub published_at: Time,
+    /// This ModelService's entry in the namespace's mesh config; `None` when a name clash kept
+    /// the config from being written (the status then keeps the revision it had).
+    pub entry: Option<Entry>,
+    /// Objects the operator left alone because someone else's object holds their name.
+    pub clashes: &'a [Clash],
 }
 
 /// A Kubernetes Event to publish.
@@ -56,15 +70,31 @@ pub fn compute_status(
         .map(|v| v.name.as_str())
         .collect();
 
-    let config = (
-        "True",
-        "Published",
-        format!(
-            "mesh config revision {} carries this ModelService (ConfigMap {})",
-            obs.revision,
-            infermesh_crds::mesh::CONFIG_MAP_NAME
+    let config = match &obs.entry {
+        Some(entry) => (
+            "True",
+            "Published",
+            format!(
+                "mesh config revision {} carries this ModelService (ConfigMap {})",
+                entry.revision,
+                infermesh_crds::mesh::CONFIG_MAP_NAME
+            ),
         ),
-    );
+        None => {
+            let blocking: Vec<String> = obs
+                .clashes
+                .iter()
+                .filter(|c| c.blocks_config())
+                .map(Clash::message)
+                .collect();
+            ("False", NAME_CLASH, blocking.join("; "))
+        }
+    };
+    let revision = obs
+        .entry
+        .as_ref()
+        .map(|e| e.revision.clone())
+        .or_else(|| prev.and_then(|p| p.revision.clone()));
     let endpoints = if !invalid.is_empty() {
         ("False", "InvalidSelector", invalid.join("; "))
     } else if !empty.is_empty() {
@@ -86,14 +116,17 @@ pub fn compute_status(
             ),
         )
     };
-    let ready = if endpoints.0 == "True" {
+    let ready = if !obs.clashes.is_empty() {
+        let messages: Vec<String> = obs.clashes.iter().map(Clash::message).collect();
+        ("False", NAME_CLASH, messages.join("; "))
+    } else if endpoints.0 == "True" {
         (
             "True",
             "Ready",
             format!(
                 "serving {} via revision {}",
                 spec.weights_summary(),
-                obs.revision
+                revision.as_deref().unwrap_or_default()
             ),
         )
     } else {
@@ -134,8 +167,12 @@ pub fn compute_status(
             .collect(),
         variant_weights: Some(spec.weights_summary()),
         ready_endpoints: Some(i32::try_from(total).unwrap_or(i32::MAX)),
-        revision: Some(obs.revision.clone()),
-        config_published_at: Some(obs.published_at.clone()),
+        revision,
+        config_published_at: obs
+            .entry
+            .as_ref()
+            .map(|e| e.at.clone())
+            .or_else(|| prev.and_then(|p| p.config_published_at.clone())),
     }
 }
 
@@ -189,6 +226,20 @@ pub fn notices(
             });
         }
     }
+    let ready_of = |s: Option<&ModelServiceStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((reason, message)) = ready_of(Some(next))
+        && reason == NAME_CLASH
+        && ready_of(prev) != Some((reason, message.clone()))
+    {
+        out.push(Notice {
+            warning: true,
+            reason: NAME_CLASH,
+            note: message,
+        });
+    }
     let was_ready = prev
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == READY))
         .is_some_and(|c| c.status == "True");
@@ -210,122 +261,4 @@ pub fn notices(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::endpoints::resolve;
-    use crate::fixtures::{pod, spec_with};
-    use k8s_openapi::jiff::Timestamp;
-
-    fn t(secs: i64) -> Time {
-        Time(Timestamp::from_second(secs).unwrap())
-    }
-
-    fn observe<'a>(resolved: &'a [ResolvedVariant], rev: &str) -> Observation<'a> {
-        Observation {
-            generation: Some(3),
-            resolved,
-            revision: rev.into(),
-            published_at: t(100),
-        }
-    }
-
-    fn cond<'a>(s: &'a ModelServiceStatus, type_: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
-    }
-
-    #[test]
-    fn all_variants_with_endpoints_is_ready() {
-        let spec = spec_with(&[("stable", 90, "v1"), ("canary", 10, "v2")]);
-        let pods = [
-            pod("a", "ns", "v1", Some("198.18.64.5"), true, false),
-            pod("b", "ns", "v1", Some("198.18.64.6"), true, false),
-            pod("c", "ns", "v2", Some("198.18.64.7"), true, false),
-        ];
-        let r = resolve(&spec, "ns", &pods);
-        let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
-        assert_eq!(cond(&s, READY).status, "True");
-        assert_eq!(cond(&s, CONFIG_GENERATED).status, "True");
-        assert_eq!(cond(&s, ENDPOINTS_AVAILABLE).reason, "EndpointsReady");
-        assert_eq!(cond(&s, READY).observed_generation, Some(3));
-        assert_eq!(s.observed_generation, Some(3));
-        assert_eq!(s.variant_weights.as_deref(), Some("stable=90,canary=10"));
-        assert_eq!(s.ready_endpoints, Some(3));
-        assert_eq!(s.variants[0].ready_endpoints, 2);
-        assert_eq!(s.variants[1].weight, 10);
-        assert_eq!(s.revision.as_deref(), Some("abc"));
-    }
-
-    #[test]
-    fn a_weighted_variant_without_endpoints_is_not_ready_and_says_which() {
-        let spec = spec_with(&[("stable", 90, "v1"), ("canary", 10, "v2")]);
-        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
-        let r = resolve(&spec, "ns", &pods);
-        let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
-        let ready = cond(&s, READY);
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "NoReadyEndpoints")
-        );
-        assert!(ready.message.contains("canary"), "{}", ready.message);
-        assert_eq!(cond(&s, CONFIG_GENERATED).status, "True");
-    }
-
-    #[test]
-    fn a_zero_weight_unrouted_variant_does_not_block_ready() {
-        let spec = spec_with(&[("stable", 100, "v1"), ("shadow", 0, "v2")]);
-        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
-        let r = resolve(&spec, "ns", &pods);
-        let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
-        assert_eq!(cond(&s, READY).status, "True");
-    }
-
-    #[test]
-    fn transition_time_is_kept_while_status_is_unchanged() {
-        let spec = spec_with(&[("stable", 100, "v1")]);
-        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
-        let r = resolve(&spec, "ns", &pods);
-        let first = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
-        let again = compute_status(&spec, Some(&first), &observe(&r, "abc"), &t(300));
-        assert_eq!(first, again, "an unchanged world gives an identical status");
-
-        let none = resolve(&spec, "ns", &[]);
-        let down = compute_status(&spec, Some(&first), &observe(&none, "def"), &t(400));
-        assert_eq!(cond(&down, READY).last_transition_time, t(400));
-        assert_eq!(cond(&down, CONFIG_GENERATED).last_transition_time, t(200));
-    }
-
-    #[test]
-    fn invalid_selector_is_reported() {
-        let mut spec = spec_with(&[("stable", 100, "v1")]);
-        spec.variants[0].selector = Default::default();
-        let r = resolve(&spec, "ns", &[]);
-        let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
-        assert_eq!(cond(&s, ENDPOINTS_AVAILABLE).reason, "InvalidSelector");
-        let n = notices(&spec, None, &s, &r);
-        assert!(n.iter().any(|n| n.reason == "InvalidSelector" && n.warning));
-        assert!(notices(&spec, Some(&s), &s, &r).is_empty(), "no repeat");
-    }
-
-    #[test]
-    fn events_fire_on_transitions_only() {
-        let spec = spec_with(&[("stable", 100, "v1")]);
-        let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
-        let up = resolve(&spec, "ns", &pods);
-        let s1 = compute_status(&spec, None, &observe(&up, "r1"), &t(1));
-        let reasons = |n: Vec<Notice>| n.into_iter().map(|n| n.reason).collect::<Vec<_>>();
-        assert_eq!(
-            reasons(notices(&spec, None, &s1, &up)),
-            ["ConfigRegenerated", "Ready"]
-        );
-        assert!(notices(&spec, Some(&s1), &s1, &up).is_empty());
-
-        let down = resolve(&spec, "ns", &[]);
-        let s2 = compute_status(&spec, Some(&s1), &observe(&down, "r2"), &t(2));
-        assert_eq!(
-            reasons(notices(&spec, Some(&s1), &s2, &down)),
-            ["ConfigRegenerated", "NoEndpoints"]
-        );
-        let s3 = compute_status(&spec, Some(&s2), &observe(&down, "r2"), &t(3));
-        assert!(notices(&spec, Some(&s2), &s3, &down).is_empty());
-    }
-}
+mod tests;

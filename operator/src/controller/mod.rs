@@ -1,6 +1,7 @@
 //! The ModelService reconciler: resolves each variant's endpoints from the pod cache, publishes the
 //! namespace's mesh config, the fronting Service and the reader RBAC (server-side apply), writes the
-//! status, records events on transitions, and cleans up behind a finalizer.
+//! status, records events on transitions, and cleans up behind a finalizer. It writes and deletes
+//! only what it made (`ownership`): a name held by someone else's object is a clash on the status.
 //!
 //! This file is the contract — [`Context`], `reconcile` (the finalizer dispatching to `apply` and
 //! `cleanup`), `error_policy` and [`run`]. Below it: `publication` (what was published in each
@@ -41,6 +42,7 @@ use crate::{
     endpoints::resolve,
     error::Error,
     metrics::Metrics,
+    ownership::{self, Claim, Clash},
     resources,
     status::{self, Observation},
 };
@@ -150,32 +152,48 @@ async fn wait_for_pods(ctx: &Context) -> Result<(), Error> {
     }
 }
 
+/// What a publication of a namespace's mesh config came to.
+enum Publication {
+    /// The config was written, or found written recently; with the entries published before it.
+    Current(MeshConfig, HashMap<String, ServiceConfig>),
+    /// Someone else's objects hold names the config needs: nothing was written.
+    Blocked(Vec<Clash>),
+}
+
 /// Publishes `ns`'s mesh config from the caches (ModelServices in `members`), and the reader
-/// RBAC with it, unless the same config was written recently. Returns the config and the entries
-/// published before it. Must run under the namespace lock (`published`).
+/// RBAC with it, unless the same config was written recently. Before a write, the three objects
+/// are read: if any is someone else's, none is written. Must run under the namespace lock
+/// (`published`).
 async fn publish(
     ctx: &Context,
     ns: &str,
     namespace: &Namespace,
     members: &[Arc<ModelService>],
     published: &mut Published,
-) -> Result<(MeshConfig, HashMap<String, ServiceConfig>), Error> {
+) -> Result<Publication, Error> {
     let config = publication::desired(ns, members, &ctx.namespace_pods(ns));
-    let previous = match published.previous_entries() {
-        Some(entries) => entries,
-        None => publication::entries_of(writes::read_published(&ctx.client, ns).await?),
-    };
+    let known = published.previous_entries();
     let republish = namespace.take_republish();
-    if !published.is_fresh(&config, republish, Instant::now()) {
-        published.expire();
-        let owners: Vec<&ModelService> = members.iter().map(|m| m.as_ref()).collect();
-        writes::apply_published(&ctx.client, ns, &config, &owners).await?;
-        if published.written(&config, Instant::now()) {
-            tracing::info!(namespace = ns, revision = %config.revision, services = config.services.len(), "mesh config published");
-        }
+    if let Some(previous) = &known
+        && published.is_fresh(&config, republish, Instant::now())
+    {
+        return Ok(Publication::Current(config, previous.clone()));
+    }
+    published.expire();
+    let found = writes::read_published(&ctx.client, ns).await?;
+    let clashes = found.clashes();
+    if !clashes.is_empty() {
+        tracing::warn!(namespace = ns, clashes = ?clashes, "mesh config not published: its names are held by objects the operator did not create");
+        return Ok(Publication::Blocked(clashes));
+    }
+    let previous = known.unwrap_or_else(|| publication::entries_of(found.config_map));
+    let owners: Vec<&ModelService> = members.iter().map(|m| m.as_ref()).collect();
+    writes::apply_published(&ctx.client, ns, &config, &owners).await?;
+    if published.written(&config, Instant::now()) {
+        tracing::info!(namespace = ns, revision = %config.revision, services = config.services.len(), "mesh config published");
     }
     published.current(config.clone());
-    Ok((config, previous))
+    Ok(Publication::Current(config, previous))
 }
 
 async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
@@ -196,24 +214,42 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     // equal the status read back, and an unchanged status would be rewritten at every reconcile.
     let now = Timestamp::now();
     let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
-    let stamp = {
+    let (stamp, mut clashes) = {
         let namespace = ctx.publications.namespace(&ns);
         let mut published = namespace.published.lock().await;
         let mut members = ctx.members(&ns, ms.uid().as_deref());
         members.push(Arc::new(ms.clone()));
-        let (config, previous) = publish(ctx, &ns, &namespace, &members, &mut published).await?;
-        let changed = publication::entry_changed(&previous, &config, &name);
-        published.stamp(&name, changed, ms.status.as_ref(), &config.revision, &now)
+        match publish(ctx, &ns, &namespace, &members, &mut published).await? {
+            Publication::Current(config, previous) => {
+                let changed = publication::entry_changed(&previous, &config, &name);
+                let stamp =
+                    published.stamp(&name, changed, ms.status.as_ref(), &config.revision, &now);
+                (Some(stamp), vec![])
+            }
+            Publication::Blocked(clashes) => (None, clashes),
+        }
     };
 
-    let svc = resources::front_service(ms);
-    writes::ssa(&ctx.client, &ns, &name, &svc, "apply fronting Service").await?;
+    let found = writes::read_service(&ctx.client, &ns, &name).await?;
+    match ownership::claim_service(found.as_ref().map(|s| &s.metadata), ms) {
+        Claim::Free | Claim::Ours => {
+            let svc = resources::front_service(ms);
+            writes::ssa(&ctx.client, &ns, &name, &svc, "apply fronting Service").await?;
+        }
+        Claim::Taken => clashes.push(Clash {
+            kind: "Service",
+            name: name.clone(),
+        }),
+    }
 
     let obs = Observation {
         generation: ms.metadata.generation,
         resolved: &resolved,
-        revision: stamp.revision,
-        published_at: stamp.at,
+        entry: stamp.map(|s| status::Entry {
+            revision: s.revision,
+            at: s.at,
+        }),
+        clashes: &clashes,
     };
     let prev = ms.status.as_ref();
     let next = status::compute_status(&ms.spec, prev, &obs, &now);
@@ -243,28 +279,27 @@ async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
         let mut published = namespace.published.lock().await;
         let members = ctx.members(&ns, ms.uid().as_deref());
         if members.is_empty() {
-            writes::delete_if_present(
-                &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
-                CONFIG_MAP_NAME,
-                "delete mesh config ConfigMap",
-            )
-            .await?;
-            writes::delete_if_present(
-                &Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns),
-                resources::READER_ROLE,
-                "delete reader RoleBinding",
-            )
-            .await?;
-            writes::delete_if_present(
-                &Api::<Role>::namespaced(ctx.client.clone(), &ns),
-                resources::READER_ROLE,
-                "delete reader Role",
-            )
-            .await?;
+            // Only what the operator made: an object of someone else's under one of these names
+            // stays.
+            let found = writes::read_published(&ctx.client, &ns).await?;
+            if let Some(cm) = ownership::ours_shared(found.config_map.as_ref()) {
+                let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns);
+                writes::delete_ours(&api, cm, "delete mesh config ConfigMap").await?;
+            }
+            if let Some(rb) = ownership::ours_shared(found.binding.as_ref()) {
+                let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
+                writes::delete_ours(&api, rb, "delete reader RoleBinding").await?;
+            }
+            if let Some(role) = ownership::ours_shared(found.role.as_ref()) {
+                let api = Api::<Role>::namespaced(ctx.client.clone(), &ns);
+                writes::delete_ours(&api, role, "delete reader Role").await?;
+            }
             *published = Published::default();
         } else {
             published.expire();
             match publish(ctx, &ns, &namespace, &members, &mut published).await {
+                // Rewritten without this entry, or blocked by someone else's objects under the
+                // config's names: either way no config of ours still carries it.
                 Ok(_) => {}
                 // The namespace is being deleted (nothing may be created in it) or is gone:
                 // the config goes with it, so the ModelService may go too.
@@ -280,27 +315,29 @@ async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
             published.forget(&name);
         }
     }
-    let owned = writes::read_service(&ctx.client, &ns, &name)
-        .await?
-        .is_some_and(|svc| resources::is_controlled_by(&svc, ms));
-    if owned {
-        writes::delete_if_present(
-            &Api::<Service>::namespaced(ctx.client.clone(), &ns),
-            &name,
-            "delete fronting Service",
-        )
-        .await?;
-    }
+    let found = writes::read_service(&ctx.client, &ns, &name).await?;
+    let note = match (
+        ownership::claim_service(found.as_ref().map(|s| &s.metadata), ms),
+        &found,
+    ) {
+        (Claim::Ours, Some(svc)) => {
+            writes::delete_ours(
+                &Api::<Service>::namespaced(ctx.client.clone(), &ns),
+                svc,
+                "delete fronting Service",
+            )
+            .await?;
+            format!("removed {name} from the mesh config and deleted its Service")
+        }
+        (Claim::Taken, _) => format!(
+            "removed {name} from the mesh config; Service {name} was left in place, since \
+             {} did not create it",
+            resources::MANAGER
+        ),
+        _ => format!("removed {name} from the mesh config; its Service was already gone"),
+    };
     ctx.listed.set(key(ms), HashSet::new());
-    writes::publish_event(
-        &ctx.recorder,
-        ms,
-        false,
-        "Cleanup",
-        format!("removed {name} from the mesh config and deleted its Service"),
-        "Delete",
-    )
-    .await;
+    writes::publish_event(&ctx.recorder, ms, false, "Cleanup", note, "Delete").await;
     Ok(Action::await_change())
 }
 
@@ -316,9 +353,11 @@ pub async fn run(
     let (services, ms_writer) = reflector::store::<ModelService>();
     let ms_stream = watches::model_services(&client, &scope, ms_writer);
     let pod_stream = watches::pods(&client, &scope, pod_writer);
-    let cms = watches::deletions::<ConfigMap>(&client, &scope);
-    let roles = watches::deletions::<Role>(&client, &scope);
-    let bindings = watches::deletions::<RoleBinding>(&client, &scope);
+    let cms = watches::deletions::<ConfigMap>(&client, &scope, watches::named(CONFIG_MAP_NAME));
+    let reader = watches::named(resources::READER_ROLE);
+    let roles = watches::deletions::<Role>(&client, &scope, reader.clone());
+    let bindings = watches::deletions::<RoleBinding>(&client, &scope, reader);
+    let gone_services = watches::deletions::<Service>(&client, &scope, Default::default());
     let owned = watches::api_for::<Service>(&client, &scope);
 
     let ctx = Arc::new(Context::new(
@@ -329,6 +368,7 @@ pub async fn run(
         services.clone(),
     ));
     let pod_mapper = watches::pod_to_model_services(services.clone(), ctx.listed.clone());
+    let services_for_names = services.clone();
 
     Controller::for_stream(ms_stream, services)
         .owns(owned, watches::managed())
@@ -336,6 +376,7 @@ pub async fn run(
         .watches_stream(cms, watches::republish(ctx.clone()))
         .watches_stream(roles, watches::republish(ctx.clone()))
         .watches_stream(bindings, watches::republish(ctx.clone()))
+        .watches_stream(gone_services, watches::same_name(services_for_names))
         .with_config(
             ControllerConfig::default()
                 .concurrency(scope.concurrency)

@@ -6,7 +6,9 @@
 //! ModelServices that select them or listed them last time, so a pod whose labels stop matching
 //! still leaves the config. A deleted mesh ConfigMap, Role or RoleBinding marks its namespace for a
 //! republish, since an unchanged config is otherwise not re-applied before
-//! [`REPUBLISH`](super::publication::REPUBLISH).
+//! [`REPUBLISH`](super::publication::REPUBLISH). Those are watched by name, not by our label, and
+//! every Service's deletion maps to the ModelService of its name: when someone removes their
+//! object that held one of our names, the clash it caused is resolved at once.
 
 use std::{
     collections::{HashMap, HashSet, hash_map::DefaultHasher},
@@ -33,7 +35,10 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use super::{Context, key};
-use crate::{endpoints::selects_pod, resources::MANAGER};
+use crate::{
+    endpoints::selects_pod,
+    resources::{MANAGED_BY, MANAGER},
+};
 
 /// What the controller watches.
 pub struct Scope {
@@ -165,14 +170,20 @@ pub fn pod_to_model_services(
 
 /// Objects this operator created.
 pub fn managed() -> watcher::Config {
-    watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"))
+    watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"))
 }
 
-/// Deletions of the namespace-wide objects this operator publishes (the mesh ConfigMap and its
-/// reader Role and RoleBinding). Metadata only: a mesh ConfigMap can be large.
+/// Objects named `name`, ours or not.
+pub fn named(name: &str) -> watcher::Config {
+    watcher::Config::default().fields(&format!("metadata.name={name}"))
+}
+
+/// Deletions of the objects `config` selects (the namespace-wide objects under the names this
+/// operator publishes, or every Service). Metadata only: a mesh ConfigMap can be large.
 pub fn deletions<K>(
     client: &Client,
     scope: &Scope,
+    config: watcher::Config,
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + use<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -183,7 +194,7 @@ where
         + Sync
         + 'static,
 {
-    watcher(api_for::<PartialObjectMeta<K>>(client, scope), managed())
+    watcher(api_for::<PartialObjectMeta<K>>(client, scope), config)
         .default_backoff()
         .try_filter_map(|event| async move {
             Ok(match event {
@@ -208,6 +219,21 @@ pub fn republish<K: Resource>(ctx: Arc<Context>) -> impl Fn(K) -> Vec<ObjectRef<
             .iter()
             .map(|ms| ObjectRef::from_obj(ms.as_ref()))
             .collect()
+    }
+}
+
+/// Maps a deleted Service to the ModelService of the same name, if there is one: the name it
+/// held may now take the ModelService's own Service.
+pub fn same_name<K: Resource>(
+    services: Store<ModelService>,
+) -> impl Fn(K) -> Option<ObjectRef<ModelService>> {
+    move |obj: K| {
+        let meta = obj.meta();
+        let (name, ns) = (meta.name.as_deref()?, meta.namespace.as_deref()?);
+        let key = ObjectRef::new(name).within(ns);
+        services
+            .get(&key)
+            .map(|ms| ObjectRef::from_obj(ms.as_ref()))
     }
 }
 
@@ -237,6 +263,33 @@ mod tests {
         assert!(is_meshed(&p));
         assert_eq!(pod_endpoint(&p, 8080), before);
         assert_eq!(p.labels().get("version").map(String::as_str), Some("v1"));
+    }
+
+    #[test]
+    fn a_deleted_service_wakes_the_model_service_of_its_name_only() {
+        use crate::fixtures::{model_service, spec_with};
+        use k8s_openapi::api::core::v1::Service;
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(model_service(
+            "llm",
+            "ns",
+            spec_with(&[("stable", 100, "v1")]),
+        )));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let map = same_name::<Service>(store);
+        let svc = |name: &str, ns: &str| {
+            let mut s = Service::default();
+            s.metadata.name = Some(name.into());
+            s.metadata.namespace = Some(ns.into());
+            s
+        };
+        assert_eq!(
+            map(svc("llm", "ns")).map(|r| r.name),
+            Some("llm".to_string())
+        );
+        assert!(map(svc("llm", "other")).is_none());
+        assert!(map(svc("web", "ns")).is_none());
     }
 
     #[test]

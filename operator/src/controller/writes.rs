@@ -1,7 +1,8 @@
 //! The reconciler's calls to the API server, each turning a failure into an [`Error`] that says
 //! what was being done: server-side apply (forcing ownership of the fields we set, field manager
-//! [`MANAGER`]), deletes that treat "already gone" as done, the mesh ConfigMap read back after a
-//! restart, the status write, and Events, which are best effort.
+//! [`MANAGER`]) of objects read first and found free or ours (`ownership`), deletes of our
+//! objects only that treat "already gone" as done, the status write, and Events, which are best
+//! effort.
 
 use std::fmt::Debug;
 
@@ -9,13 +10,10 @@ use infermesh_crds::{
     ModelService,
     mesh::{CONFIG_MAP_NAME, MeshConfig},
 };
-use k8s_openapi::{
-    NamespaceResourceScope,
-    api::core::v1::{ConfigMap, Service},
-};
+use k8s_openapi::{NamespaceResourceScope, api::core::v1::Service};
 use kube::{
     Api, Client, Resource,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
     runtime::events::{Event, EventType, Recorder},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -23,6 +21,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::key;
 use crate::{
     error::Error,
+    ownership::Shared,
     resources::{self, MANAGER},
 };
 
@@ -55,14 +54,22 @@ where
         })
 }
 
-/// Deletes `name`; one that is already gone counts as deleted.
-pub async fn delete_if_present<K>(api: &Api<K>, name: &str, what: &'static str) -> Result<(), Error>
+/// Deletes `found`, an object of ours, unless the name now holds another object: the uid
+/// precondition keeps an object created under the same name since it was read (someone else's)
+/// from being deleted. Gone, or replaced, counts as done.
+pub async fn delete_ours<K>(api: &Api<K>, found: &K, what: &'static str) -> Result<(), Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    match api.delete(name, &DeleteParams::background()).await {
+    let meta = found.meta();
+    let name = meta.name.as_deref().unwrap_or_default();
+    let params = DeleteParams::background().preconditions(Preconditions {
+        uid: meta.uid.clone(),
+        resource_version: None,
+    });
+    match api.delete(name, &params).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(source) => Err(Error::Kube {
             action: what,
             source,
@@ -101,26 +108,41 @@ pub async fn apply_published(
     Ok(())
 }
 
-/// The mesh ConfigMap of `ns` as it is in the cluster, if any.
-pub async fn read_published(client: &Client, ns: &str) -> Result<Option<ConfigMap>, Error> {
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(CONFIG_MAP_NAME)
+/// `name` in `ns`, if any.
+async fn read<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
         .await
         .map_err(|source| Error::Kube {
-            action: "read mesh config ConfigMap",
+            action: what,
             source,
         })
 }
 
+/// The mesh ConfigMap of `ns` and its reader Role and RoleBinding as they are in the cluster.
+pub async fn read_published(client: &Client, ns: &str) -> Result<Shared, Error> {
+    let reader = resources::READER_ROLE;
+    Ok(Shared {
+        config_map: read(client, ns, CONFIG_MAP_NAME, "read mesh config ConfigMap").await?,
+        role: read(client, ns, reader, "read mesh config reader Role").await?,
+        binding: read(client, ns, reader, "read mesh config reader RoleBinding").await?,
+    })
+}
+
 /// The Service named `name` in `ns`, if any.
 pub async fn read_service(client: &Client, ns: &str, name: &str) -> Result<Option<Service>, Error> {
-    Api::<Service>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Kube {
-            action: "read fronting Service",
-            source,
-        })
+    read(client, ns, name, "read fronting Service").await
 }
 
 /// Writes `status` as the ModelService's status subresource, by server-side apply.

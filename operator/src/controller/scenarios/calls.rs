@@ -122,6 +122,80 @@ pub(super) fn front_service() -> Value {
     })
 }
 
+/// An object as the API server answers a read of it: `obj` with a uid.
+pub(super) fn found(mut obj: Value, uid: &str) -> Value {
+    obj["metadata"]["uid"] = json!(uid);
+    obj
+}
+
+/// A read of `uri` answered "not found".
+pub(super) fn absent(uri: &str) -> Call {
+    Call::get(uri).fail(404, "NotFound")
+}
+
+/// The reads before a publication of the namespace's ConfigMap, Role and RoleBinding, answered
+/// "not found".
+pub(super) fn published_absent() -> [Call; 3] {
+    [absent(CM), absent(ROLE), absent(BINDING)]
+}
+
+/// The same reads answered with the objects the operator made (uids `uid-cm`, `uid-role`,
+/// `uid-binding`).
+pub(super) fn published_ours() -> [Call; 3] {
+    let meta = |name: &str, uid: &str| json!({"name": name, "namespace": "ns", "uid": uid, "labels": managed()});
+    [
+        Call::get(CM).reply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": meta("infermesh-mesh-config", "uid-cm"),
+        })),
+        Call::get(ROLE).reply(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": meta("infermesh-mesh-config-reader", "uid-role"),
+        })),
+        Call::get(BINDING).reply(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": meta("infermesh-mesh-config-reader", "uid-binding"),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                "name": "infermesh-mesh-config-reader",
+            },
+        })),
+    ]
+}
+
+/// The deletes of the namespace's published objects read by [`published_ours`], in order.
+pub(super) fn delete_published() -> [Call; 3] {
+    [
+        delete_ours(CM, "uid-cm"),
+        delete_ours(BINDING, "uid-binding"),
+        delete_ours(ROLE, "uid-role"),
+    ]
+}
+
+/// The read of `llm`'s Service, answered with the one the operator made.
+pub(super) fn get_service() -> Call {
+    Call::get(SVC).reply(found(front_service(), "uid-svc"))
+}
+
+/// A Service `llm` a user made: their selector and port, no label or owner of ours.
+pub(super) fn user_service() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "llm", "namespace": "ns", "uid": "uid-user-svc"},
+        "spec": {
+            "selector": {"app": "web"},
+            "ports": [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    })
+}
+
+/// A delete of `uri`, in the background, only if the object there still has uid `uid`.
+pub(super) fn delete_ours(uri: &str, uid: &str) -> Call {
+    Call::delete(format!("{uri}?")).includes(json!({
+        "propagationPolicy": "Background", "preconditions": {"uid": uid},
+    }))
+}
+
 pub(super) fn apply_service() -> Call {
     Call::patch(format!("{SVC}{APPLY}")).body(front_service())
 }

@@ -27,6 +27,7 @@ use crate::{
 };
 
 mod calls;
+mod clashes;
 use calls::*;
 
 fn store<K>(objects: Vec<K>) -> (reflector::Store<K>, Writer<K>)
@@ -105,17 +106,23 @@ async fn created(ctx: &Arc<Context>, handle: Handle) -> Created {
     let ms = llm(90);
     let script = serve(
         handle,
-        vec![
-            add_finalizer(&ms),
-            Call::get(CM).fail(404, "NotFound"),
-            apply_config_map(&["llm"], 90),
-            apply_role(&["llm"]),
-            apply_binding(&["llm"]),
-            apply_service(),
-            write_status(&finalized(ms.clone()), 90, 1),
-            event("ConfigRegenerated", "Normal", "Reconcile"),
-            event("Ready", "Normal", "Reconcile"),
-        ],
+        [
+            vec![add_finalizer(&ms)],
+            published_absent().into(),
+            vec![
+                apply_config_map(&["llm"], 90),
+                apply_role(&["llm"]),
+                apply_binding(&["llm"]),
+                absent(SVC),
+                apply_service(),
+                write_status(&finalized(ms.clone()), 90, 1),
+                event("ConfigRegenerated", "Normal", "Reconcile"),
+                event("Ready", "Normal", "Reconcile"),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let first = reconcile(Arc::new(ms.clone()), ctx.clone()).await.unwrap();
     assert_eq!(
@@ -128,18 +135,18 @@ async fn created(ctx: &Arc<Context>, handle: Handle) -> Created {
         .unwrap();
     assert_eq!(second, Action::requeue(RESYNC));
     let (handle, bodies) = script.finish().await;
-    let revision = revision(&bodies[6]);
-    assert_eq!(config_map_revision(&bodies[2]), revision);
+    let revision = revision(&bodies[9]);
+    assert_eq!(config_map_revision(&bodies[4]), revision);
     assert_eq!(
-        bodies[6]["status"]["configPublishedAt"],
-        bodies[6]["status"]["conditions"][1]["lastTransitionTime"],
+        bodies[9]["status"]["configPublishedAt"],
+        bodies[9]["status"]["conditions"][1]["lastTransitionTime"],
         "the entry was published by this reconcile"
     );
     Created {
-        ms: with_status_from(finalized(ms), &bodies[6]),
+        ms: with_status_from(finalized(ms), &bodies[9]),
         handle,
         revision,
-        regenerated: bodies[7]["metadata"]["name"].as_str().unwrap().to_string(),
+        regenerated: bodies[10]["metadata"]["name"].as_str().unwrap().to_string(),
     }
 }
 
@@ -154,8 +161,9 @@ async fn an_unchanged_re_reconcile_rewrites_nothing_but_the_service() {
     let (ctx, handle) = Context::test(pods(), vec![]);
     let Created { ms, handle, .. } = created(&ctx, handle).await;
     // The config was written under a minute ago and is unchanged, the status is what it was, and
-    // no transition happened: only the Service is applied again (idempotent).
-    let script = serve(handle, vec![apply_service()]);
+    // no transition happened: only the Service is read, found ours, and applied again
+    // (idempotent).
+    let script = serve(handle, vec![get_service(), apply_service()]);
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     script.finish().await;
@@ -174,48 +182,57 @@ async fn a_weight_change_republishes_restamps_and_tells() {
     ms.metadata.generation = Some(2);
     let script = serve(
         handle,
-        vec![
-            apply_config_map(&["llm"], 50),
-            apply_role(&["llm"]),
-            apply_binding(&["llm"]),
-            apply_service(),
-            write_status(&ms, 50, 2),
-            // The recorder continues its earlier event of the same reason as a series: the
-            // patch counts it again and keeps the first occurrence's note.
-            Call::patch(format!(
-                "/apis/events.k8s.io/v1/namespaces/ns/events/{regenerated}?"
-            ))
-            .includes(json!({
-                "reason": "ConfigRegenerated", "type": "Normal", "series": {"count": 2},
-                "regarding": {"kind": "ModelService", "name": "llm", "uid": "uid-llm"},
-            })),
-        ],
+        [
+            published_ours().into(),
+            vec![
+                apply_config_map(&["llm"], 50),
+                apply_role(&["llm"]),
+                apply_binding(&["llm"]),
+                get_service(),
+                apply_service(),
+                write_status(&ms, 50, 2),
+                // The recorder continues its earlier event of the same reason as a series: the
+                // patch counts it again and keeps the first occurrence's note.
+                Call::patch(format!(
+                    "/apis/events.k8s.io/v1/namespaces/ns/events/{regenerated}?"
+                ))
+                .includes(json!({
+                    "reason": "ConfigRegenerated", "type": "Normal", "series": {"count": 2},
+                    "regarding": {"kind": "ModelService", "name": "llm", "uid": "uid-llm"},
+                })),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     let (_, bodies) = script.finish().await;
-    let after = revision(&bodies[4]);
+    let after = revision(&bodies[8]);
     assert_ne!(after, before, "a new revision carries the new weights");
-    assert_eq!(config_map_revision(&bodies[0]), after);
+    assert_eq!(config_map_revision(&bodies[3]), after);
 }
 
 #[tokio::test]
 async fn deleting_the_last_model_service_removes_what_was_published() {
     let ms = deleting(llm(90));
     let (ctx, handle) = Context::test(pods(), vec![ms.clone()]);
-    let svc = front_service();
     let script = serve(
         handle,
-        vec![
-            Call::delete(format!("{CM}?")).includes(json!({"propagationPolicy": "Background"})),
-            Call::delete(format!("{BINDING}?"))
-                .includes(json!({"propagationPolicy": "Background"})),
-            Call::delete(format!("{ROLE}?")).includes(json!({"propagationPolicy": "Background"})),
-            Call::get(SVC).reply(svc),
-            Call::delete(format!("{SVC}?")).includes(json!({"propagationPolicy": "Background"})),
-            event("Cleanup", "Normal", "Delete"),
-            remove_finalizer(&ms),
-        ],
+        [
+            published_ours().into(),
+            delete_published().into(),
+            vec![
+                get_service(),
+                delete_ours(SVC, "uid-svc"),
+                event("Cleanup", "Normal", "Delete"),
+                remove_finalizer(&ms),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -228,14 +245,17 @@ async fn cleanup_takes_objects_already_gone_as_deleted() {
     let (ctx, handle) = Context::test(pods(), vec![ms.clone()]);
     let script = serve(
         handle,
-        vec![
-            Call::delete(format!("{CM}?")).fail(404, "NotFound"),
-            Call::delete(format!("{BINDING}?")).fail(404, "NotFound"),
-            Call::delete(format!("{ROLE}?")).fail(404, "NotFound"),
-            Call::get(SVC).fail(404, "NotFound"),
-            event("Cleanup", "Normal", "Delete"),
-            remove_finalizer(&ms),
-        ],
+        [
+            published_absent().into(),
+            vec![
+                absent(SVC),
+                event("Cleanup", "Normal", "Delete"),
+                remove_finalizer(&ms),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -251,15 +271,20 @@ async fn cleanup_in_a_terminating_namespace_lets_the_model_service_go() {
     // so the API server forbids the write, and the config goes with the namespace anyway.
     let script = serve(
         handle,
-        vec![
-            Call::get(CM).fail(404, "NotFound"),
-            Call::patch(format!("{CM}{APPLY}"))
-                .includes(json!({"metadata": {"ownerReferences": [shared_owner("other")]}}))
-                .fail(403, "Forbidden"),
-            Call::get(SVC).fail(404, "NotFound"),
-            event("Cleanup", "Normal", "Delete"),
-            remove_finalizer(&ms),
-        ],
+        [
+            published_absent().into(),
+            vec![
+                Call::patch(format!("{CM}{APPLY}"))
+                    .includes(json!({"metadata": {"ownerReferences": [shared_owner("other")]}}))
+                    .fail(403, "Forbidden"),
+                absent(SVC),
+                event("Cleanup", "Normal", "Delete"),
+                remove_finalizer(&ms),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -272,10 +297,13 @@ async fn a_forbidden_publication_fails_the_reconcile_and_is_retried_whole() {
     let (ctx, handle) = Context::test(pods(), vec![]);
     let script = serve(
         handle,
-        vec![
-            Call::get(CM).fail(404, "NotFound"),
-            apply_config_map(&["llm"], 90).fail(403, "Forbidden"),
-        ],
+        [
+            published_absent().into(),
+            vec![apply_config_map(&["llm"], 90).fail(403, "Forbidden")],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let err = reconcile(Arc::new(ms.clone()), ctx.clone())
         .await
@@ -289,16 +317,22 @@ async fn a_forbidden_publication_fails_the_reconcile_and_is_retried_whole() {
     // Nothing was published: the retry reads the cluster again and writes everything.
     let script = serve(
         handle,
-        vec![
-            Call::get(CM).fail(404, "NotFound"),
-            apply_config_map(&["llm"], 90),
-            apply_role(&["llm"]),
-            apply_binding(&["llm"]),
-            apply_service(),
-            write_status(&ms, 90, 1),
-            event("ConfigRegenerated", "Normal", "Reconcile"),
-            event("Ready", "Normal", "Reconcile"),
-        ],
+        [
+            published_absent().into(),
+            vec![
+                apply_config_map(&["llm"], 90),
+                apply_role(&["llm"]),
+                apply_binding(&["llm"]),
+                absent(SVC),
+                apply_service(),
+                write_status(&ms, 90, 1),
+                event("ConfigRegenerated", "Normal", "Reconcile"),
+                event("Ready", "Normal", "Reconcile"),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     script.finish().await;
@@ -310,13 +344,19 @@ async fn a_conflict_is_counted_requeued_and_the_retry_writes_only_what_is_left()
     let (ctx, handle) = Context::test(pods(), vec![]);
     let script = serve(
         handle,
-        vec![
-            Call::get(CM).fail(404, "NotFound"),
-            apply_config_map(&["llm"], 90),
-            apply_role(&["llm"]),
-            apply_binding(&["llm"]),
-            apply_service().fail(409, "Conflict"),
-        ],
+        [
+            published_absent().into(),
+            vec![
+                apply_config_map(&["llm"], 90),
+                apply_role(&["llm"]),
+                apply_binding(&["llm"]),
+                absent(SVC),
+                apply_service().fail(409, "Conflict"),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     );
     let err = reconcile(Arc::new(ms.clone()), ctx.clone())
         .await
@@ -335,6 +375,7 @@ async fn a_conflict_is_counted_requeued_and_the_retry_writes_only_what_is_left()
     let script = serve(
         handle,
         vec![
+            absent(SVC),
             apply_service(),
             write_status(&ms, 90, 1),
             event("ConfigRegenerated", "Normal", "Reconcile"),

@@ -1,0 +1,196 @@
+//! Unit tests of `compute_status` and `notices`: conditions and their transition times, the
+//! reasons in the order a person must act on them, and events on transitions only.
+
+use super::*;
+use crate::endpoints::resolve;
+use crate::fixtures::{pod, spec_with};
+use k8s_openapi::jiff::Timestamp;
+
+fn t(secs: i64) -> Time {
+    Time(Timestamp::from_second(secs).unwrap())
+}
+
+fn observe<'a>(resolved: &'a [ResolvedVariant], rev: &str) -> Observation<'a> {
+    Observation {
+        generation: Some(3),
+        resolved,
+        entry: Some(Entry {
+            revision: rev.into(),
+            at: t(100),
+        }),
+        clashes: &[],
+    }
+}
+
+fn cond<'a>(s: &'a ModelServiceStatus, type_: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+#[test]
+fn all_variants_with_endpoints_is_ready() {
+    let spec = spec_with(&[("stable", 90, "v1"), ("canary", 10, "v2")]);
+    let pods = [
+        pod("a", "ns", "v1", Some("198.18.64.5"), true, false),
+        pod("b", "ns", "v1", Some("198.18.64.6"), true, false),
+        pod("c", "ns", "v2", Some("198.18.64.7"), true, false),
+    ];
+    let r = resolve(&spec, "ns", &pods);
+    let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+    assert_eq!(cond(&s, READY).status, "True");
+    assert_eq!(cond(&s, CONFIG_GENERATED).status, "True");
+    assert_eq!(cond(&s, ENDPOINTS_AVAILABLE).reason, "EndpointsReady");
+    assert_eq!(cond(&s, READY).observed_generation, Some(3));
+    assert_eq!(s.observed_generation, Some(3));
+    assert_eq!(s.variant_weights.as_deref(), Some("stable=90,canary=10"));
+    assert_eq!(s.ready_endpoints, Some(3));
+    assert_eq!(s.variants[0].ready_endpoints, 2);
+    assert_eq!(s.variants[1].weight, 10);
+    assert_eq!(s.revision.as_deref(), Some("abc"));
+}
+
+#[test]
+fn a_weighted_variant_without_endpoints_is_not_ready_and_says_which() {
+    let spec = spec_with(&[("stable", 90, "v1"), ("canary", 10, "v2")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+    let r = resolve(&spec, "ns", &pods);
+    let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+    let ready = cond(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NoReadyEndpoints")
+    );
+    assert!(ready.message.contains("canary"), "{}", ready.message);
+    assert_eq!(cond(&s, CONFIG_GENERATED).status, "True");
+}
+
+#[test]
+fn a_zero_weight_unrouted_variant_does_not_block_ready() {
+    let spec = spec_with(&[("stable", 100, "v1"), ("shadow", 0, "v2")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+    let r = resolve(&spec, "ns", &pods);
+    let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+    assert_eq!(cond(&s, READY).status, "True");
+}
+
+#[test]
+fn transition_time_is_kept_while_status_is_unchanged() {
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+    let r = resolve(&spec, "ns", &pods);
+    let first = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+    let again = compute_status(&spec, Some(&first), &observe(&r, "abc"), &t(300));
+    assert_eq!(first, again, "an unchanged world gives an identical status");
+
+    let none = resolve(&spec, "ns", &[]);
+    let down = compute_status(&spec, Some(&first), &observe(&none, "def"), &t(400));
+    assert_eq!(cond(&down, READY).last_transition_time, t(400));
+    assert_eq!(cond(&down, CONFIG_GENERATED).last_transition_time, t(200));
+}
+
+#[test]
+fn invalid_selector_is_reported() {
+    let mut spec = spec_with(&[("stable", 100, "v1")]);
+    spec.variants[0].selector = Default::default();
+    let r = resolve(&spec, "ns", &[]);
+    let s = compute_status(&spec, None, &observe(&r, "abc"), &t(200));
+    assert_eq!(cond(&s, ENDPOINTS_AVAILABLE).reason, "InvalidSelector");
+    let n = notices(&spec, None, &s, &r);
+    assert!(n.iter().any(|n| n.reason == "InvalidSelector" && n.warning));
+    assert!(notices(&spec, Some(&s), &s, &r).is_empty(), "no repeat");
+}
+
+#[test]
+fn a_name_clash_makes_ready_false_first_and_is_told_once() {
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+    let r = resolve(&spec, "ns", &pods);
+    let clashes = [Clash {
+        kind: "Service",
+        name: "llm".into(),
+    }];
+    let obs = Observation {
+        clashes: &clashes,
+        ..observe(&r, "abc")
+    };
+    let s = compute_status(&spec, None, &obs, &t(200));
+    let ready = cond(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", NAME_CLASH)
+    );
+    assert!(ready.message.contains("Service llm"), "{}", ready.message);
+    assert_eq!(cond(&s, ENDPOINTS_AVAILABLE).status, "True");
+    let n = notices(&spec, None, &s, &r);
+    let clash: Vec<_> = n.iter().filter(|n| n.reason == NAME_CLASH).collect();
+    assert_eq!(clash.len(), 1);
+    assert!(clash[0].warning && clash[0].note == ready.message);
+    assert!(!n.iter().any(|n| n.reason == "Ready"));
+    let again = compute_status(&spec, Some(&s), &obs, &t(300));
+    assert!(notices(&spec, Some(&s), &again, &r).is_empty(), "no repeat");
+    let fixed = compute_status(&spec, Some(&again), &observe(&r, "abc"), &t(400));
+    assert_eq!(cond(&fixed, READY).status, "True");
+    let told: Vec<_> = notices(&spec, Some(&again), &fixed, &r)
+        .into_iter()
+        .map(|n| n.reason)
+        .collect();
+    assert_eq!(told, ["Ready"], "recovered once the clash is gone");
+}
+
+#[test]
+fn a_config_map_clash_keeps_the_revision_and_fails_config_generated() {
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+    let r = resolve(&spec, "ns", &pods);
+    let before = compute_status(&spec, None, &observe(&r, "r1"), &t(1));
+    let clashes = [Clash {
+        kind: "ConfigMap",
+        name: infermesh_crds::mesh::CONFIG_MAP_NAME.into(),
+    }];
+    let blocked = Observation {
+        entry: None,
+        clashes: &clashes,
+        ..observe(&r, "unused")
+    };
+    let s = compute_status(&spec, Some(&before), &blocked, &t(2));
+    let config = cond(&s, CONFIG_GENERATED);
+    assert_eq!(
+        (config.status.as_str(), config.reason.as_str()),
+        ("False", NAME_CLASH)
+    );
+    assert!(config.message.contains("ConfigMap infermesh-mesh-config"));
+    assert_eq!(cond(&s, READY).reason, NAME_CLASH);
+    assert_eq!(
+        s.revision.as_deref(),
+        Some("r1"),
+        "nothing new was published"
+    );
+    assert_eq!(s.config_published_at, before.config_published_at);
+    let reasons: Vec<_> = notices(&spec, Some(&before), &s, &r)
+        .into_iter()
+        .map(|n| n.reason)
+        .collect();
+    assert_eq!(reasons, [NAME_CLASH]);
+}
+
+#[test]
+fn events_fire_on_transitions_only() {
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+    let up = resolve(&spec, "ns", &pods);
+    let s1 = compute_status(&spec, None, &observe(&up, "r1"), &t(1));
+    let reasons = |n: Vec<Notice>| n.into_iter().map(|n| n.reason).collect::<Vec<_>>();
+    assert_eq!(
+        reasons(notices(&spec, None, &s1, &up)),
+        ["ConfigRegenerated", "Ready"]
+    );
+    assert!(notices(&spec, Some(&s1), &s1, &up).is_empty());
+
+    let down = resolve(&spec, "ns", &[]);
+    let s2 = compute_status(&spec, Some(&s1), &observe(&down, "r2"), &t(2));
+    assert_eq!(
+        reasons(notices(&spec, Some(&s1), &s2, &down)),
+        ["ConfigRegenerated", "NoEndpoints"]
+    );
+    let s3 = compute_status(&spec, Some(&s2), &observe(&down, "r2"), &t(3));
+    assert!(notices(&spec, Some(&s2), &s3, &down).is_empty());
+}
