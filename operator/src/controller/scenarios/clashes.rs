@@ -69,10 +69,7 @@ async fn a_service_it_did_not_create_is_a_name_clash_never_applied_nor_deleted()
                 event("ConfigRegenerated", "Normal", "Reconcile"),
                 clash_event("Service llm already exists"),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     let action = reconcile(Arc::new(ms.clone()), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
@@ -93,10 +90,7 @@ async fn a_service_it_did_not_create_is_a_name_clash_never_applied_nor_deleted()
                 }),
                 remove_finalizer(&ms),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -128,7 +122,7 @@ async fn a_config_map_it_did_not_create_is_never_written_and_every_model_service
     // still gets its own Service and reports the clash.
     let script = serve(
         handle,
-        vec![
+        [vec![
             user_cm(),
             absent(ROLE),
             absent(BINDING),
@@ -155,7 +149,7 @@ async fn a_config_map_it_did_not_create_is_never_written_and_every_model_service
                 "reason": "NameClash", "type": "Warning",
                 "regarding": {"kind": "ModelService", "name": "other"},
             })),
-        ],
+        ]],
     );
     for m in [&ms, &other] {
         let action = reconcile(Arc::new(m.clone()), ctx.clone()).await.unwrap();
@@ -181,10 +175,7 @@ async fn a_config_map_it_did_not_create_is_never_written_and_every_model_service
                 event("ConfigRegenerated", "Normal", "Reconcile"),
                 event("Ready", "Normal", "Reconcile"),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     script.finish().await;

@@ -119,10 +119,7 @@ async fn created(ctx: &Arc<Context>, handle: Handle) -> Created {
                 event("ConfigRegenerated", "Normal", "Reconcile"),
                 event("Ready", "Normal", "Reconcile"),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     let first = reconcile(Arc::new(ms.clone()), ctx.clone()).await.unwrap();
     assert_eq!(
@@ -163,7 +160,7 @@ async fn an_unchanged_re_reconcile_rewrites_nothing_but_the_service() {
     // The config was written under a minute ago and is unchanged, the status is what it was, and
     // no transition happened: only the Service is read, found ours, and applied again
     // (idempotent).
-    let script = serve(handle, vec![get_service(), apply_service()]);
+    let script = serve(handle, [vec![get_service(), apply_service()]]);
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     script.finish().await;
@@ -201,10 +198,7 @@ async fn a_weight_change_republishes_restamps_and_tells() {
                     "regarding": {"kind": "ModelService", "name": "llm", "uid": "uid-llm"},
                 })),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
@@ -229,10 +223,7 @@ async fn deleting_the_last_model_service_removes_what_was_published() {
                 event("Cleanup", "Normal", "Delete"),
                 remove_finalizer(&ms),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -252,10 +243,7 @@ async fn cleanup_takes_objects_already_gone_as_deleted() {
                 event("Cleanup", "Normal", "Delete"),
                 remove_finalizer(&ms),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -281,10 +269,7 @@ async fn cleanup_in_a_terminating_namespace_lets_the_model_service_go() {
                 event("Cleanup", "Normal", "Delete"),
                 remove_finalizer(&ms),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -300,10 +285,7 @@ async fn a_forbidden_publication_fails_the_reconcile_and_is_retried_whole() {
         [
             published_absent().into(),
             vec![apply_config_map(&["llm"], 90).fail(403, "Forbidden")],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     let err = reconcile(Arc::new(ms.clone()), ctx.clone())
         .await
@@ -329,10 +311,7 @@ async fn a_forbidden_publication_fails_the_reconcile_and_is_retried_whole() {
                 event("ConfigRegenerated", "Normal", "Reconcile"),
                 event("Ready", "Normal", "Reconcile"),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     script.finish().await;
@@ -353,10 +332,7 @@ async fn a_conflict_is_counted_requeued_and_the_retry_writes_only_what_is_left()
                 absent(SVC),
                 apply_service().fail(409, "Conflict"),
             ],
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+        ],
     );
     let err = reconcile(Arc::new(ms.clone()), ctx.clone())
         .await
@@ -374,13 +350,13 @@ async fn a_conflict_is_counted_requeued_and_the_retry_writes_only_what_is_left()
     // The namespace's config was written and is unchanged: the retry picks up from the Service.
     let script = serve(
         handle,
-        vec![
+        [vec![
             absent(SVC),
             apply_service(),
             write_status(&ms, 90, 1),
             event("ConfigRegenerated", "Normal", "Reconcile"),
             event("Ready", "Normal", "Reconcile"),
-        ],
+        ]],
     );
     reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     script.finish().await;
