@@ -6,7 +6,7 @@
 //! it should receive work, `/metrics` serves the Prometheus/OpenMetrics text.
 #![forbid(unsafe_code)]
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, header};
 
 /// Liveness: 200 while the process works; a failure here makes the kubelet restart it.
 pub const LIVE_PATH: &str = "/live";
@@ -21,8 +21,8 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 
 /// A 200 response carrying encoded metrics, with the OpenMetrics content type.
 pub fn openmetrics_response<B: From<String>>(text: String) -> Response<B> {
+    // `Response::new` answers 200.
     let mut r = Response::new(B::from(text));
-    *r.status_mut() = StatusCode::OK;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
@@ -83,6 +83,7 @@ pub async fn shutdown_signal() -> Signal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     #[test]
     fn metrics_are_served_with_the_openmetrics_content_type() {

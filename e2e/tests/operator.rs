@@ -677,33 +677,33 @@ fn invalid_modelservices_are_refused_with_a_message_saying_what_to_fix() {
     let cases = invalid_cases();
     assert!(cases.len() >= 12);
     let mut failures = vec![];
+    // Applies `obj` and says what is wrong if kubectl accepts it or refuses it without `expect`.
+    let refusal = |obj: &Value, what: &str, expect: &str| -> Option<String> {
+        let out = kubectl(&["apply", "-n", n, "-f", "-"], Some(&obj.to_string()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Some(format!("{what}: accepted"))
+        } else if !stderr.contains(expect) {
+            Some(format!("{what}: expected {expect:?} in {stderr}"))
+        } else {
+            None
+        }
+    };
     for (i, case) in cases.iter().enumerate() {
         let mut obj = valid.clone();
         obj["metadata"]["name"] = json!(format!("invalid-{i}"));
         (case.patch)(&mut obj["spec"]);
-        let out = kubectl(&["apply", "-n", n, "-f", "-"], Some(&obj.to_string()));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            failures.push(format!("{}: accepted", case.what));
-        } else if !stderr.contains(case.expect) {
-            failures.push(format!(
-                "{}: expected {:?} in {stderr}",
-                case.what, case.expect
-            ));
-        }
+        failures.extend(refusal(&obj, case.what, case.expect));
     }
     for (what, name) in INVALID_NAMES {
         let mut obj = valid.clone();
         obj["metadata"]["name"] = json!(name);
-        let out = kubectl(&["apply", "-n", n, "-f", "-"], Some(&obj.to_string()));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            failures.push(format!("name {what}: accepted"));
-        } else if !stderr.contains("metadata.name must be a DNS-1035 label") {
-            failures.push(format!(
-                "name {what}: expected the DNS-1035 message in {stderr}"
-            ));
-        }
+        let what = format!("name {what}");
+        failures.extend(refusal(
+            &obj,
+            &what,
+            "metadata.name must be a DNS-1035 label",
+        ));
     }
     assert!(
         failures.is_empty(),
