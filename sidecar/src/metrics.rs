@@ -51,6 +51,7 @@ pub(crate) struct Metrics {
     revision: Family<RevisionLabels, Gauge>,
     pub(crate) config_reloads: Counter,
     pub(crate) config_rejections: Counter,
+    pub(crate) config_services_refused: Gauge,
 }
 
 /// Handles for one variant of one service (status classes 1xx..5xx).
@@ -98,6 +99,7 @@ impl Metrics {
         let revision = Family::<RevisionLabels, Gauge>::default();
         let config_reloads = Counter::default();
         let config_rejections = Counter::default();
+        let config_services_refused = Gauge::default();
         registry.register(
             "requests",
             "Requests by ModelService, variant and status class",
@@ -145,6 +147,11 @@ impl Metrics {
             "Mesh configs refused as invalid",
             config_rejections.clone(),
         );
+        registry.register(
+            "config_services_refused",
+            "ModelServices of the config in force left out for breaking a rule (see /config)",
+            config_services_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -158,6 +165,7 @@ impl Metrics {
             revision,
             config_reloads,
             config_rejections,
+            config_services_refused,
         }
     }
 

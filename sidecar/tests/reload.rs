@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -110,7 +111,7 @@ async fn ready_waits_for_a_config_and_invalid_configs_are_refused() {
     let (_, before) = admin(&s, "/config").await;
     write_config(
         &path,
-        r#"{"services":[{"name":"llm","port":1,"variants":[]}]}"#,
+        r#"{"services":[{"name":"llm","port":1,"variants":[],"retires":{}}]}"#,
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -124,4 +125,53 @@ async fn ready_waits_for_a_config_and_invalid_configs_are_refused() {
         get(&client(), s.inbound, "llm", &[]).await.unwrap().status,
         200
     );
+}
+
+/// A ModelService breaking a rule (a regex that does not compile) is left out on its own: the
+/// service beside it keeps taking updates, and its own requests get 503 saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_service_is_refused_alone_and_the_others_keep_updating() {
+    let (v1, v2) = (backend("v1", Mode::Ok).await, backend("v2", Mode::Ok).await);
+    let doc = |good: &SocketAddr, regex: &str| {
+        json!({"services": [
+            {"name": "good", "port": 1, "variants": [{"name": "s", "weight": 100,
+                "endpoints": [{"address": good.to_string()}]}]},
+            {"name": "bad", "port": 1, "variants": [{"name": "s", "weight": 100,
+                "endpoints": [{"address": good.to_string()}]}],
+             "routes": [{"headers": [{"name": "x-user", "regex": regex}], "variant": "s"}]},
+        ]})
+        .to_string()
+    };
+    let s = sidecar(&doc(&v1.addr, "ok")).await;
+    let c = client();
+    assert_eq!(
+        get(&c, s.sidecar.inbound, "bad", &[]).await.unwrap().status,
+        200
+    );
+    write_config(&s.config, &doc(&v2.addr, "([a-z"));
+    let t = Instant::now();
+    loop {
+        let r = get(&c, s.sidecar.inbound, "good", &[]).await.unwrap();
+        if r.version() == Some("v2") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the good service never took its update"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = get(&c, s.sidecar.inbound, "bad", &[]).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["x-infermesh-reason"], "service-refused");
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("does not compile"), "{body}");
+    let (_, cfg) = admin(&s.sidecar, "/config").await;
+    assert!(
+        cfg.contains("does not compile"),
+        "/config lists the refusal: {cfg}"
+    );
+    let (_, m) = admin(&s.sidecar, "/metrics").await;
+    assert!(m.contains("infermesh_config_services_refused 1"), "{m}");
+    assert!(m.contains("infermesh_config_rejections_total 0"), "{m}");
 }

@@ -11,9 +11,8 @@ use http::HeaderValue;
 use http::header::HeaderName;
 use http::uri::Authority;
 use infermesh_crds::mesh::{
-    HeaderValueMatch, LoadBalancingPolicy, MeshConfig, ServiceConfig, VariantConfig,
+    HeaderValueMatch, MeshConfig, ServiceConfig, VariantConfig, header_regex,
 };
-use regex::RegexBuilder;
 use tokio::time::Instant;
 
 use super::table::{RetryPolicy, RoutingTable, Service, Timeouts, Variant};
@@ -31,15 +30,6 @@ use crate::upstream::pool::ConnPool;
 pub(crate) enum ConfigError {
     #[error("mesh config is not valid JSON for MeshConfig: {0}; fix the document (key mesh.json)")]
     Parse(#[from] serde_json::Error),
-    #[error("ModelService {service:?}: {reason}")]
-    Invalid { service: String, reason: String },
-}
-
-fn invalid(service: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        service: service.to_owned(),
-        reason: reason.into(),
-    }
 }
 
 /// What compiling needs besides the config.
@@ -51,88 +41,57 @@ pub(crate) struct CompileContext<'a> {
     pub(crate) now: Instant,
 }
 
-/// A regex may not compile to more than this (guards against pathological patterns).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
+/// Compiles every service of `config` on its own: one that breaks a rule of the mesh contract is
+/// left out of the table with its reason (its requests get 503 saying why), and never keeps the
+/// others from taking effect.
 pub(crate) fn compile(
     config: MeshConfig,
     previous: &RoutingTable,
     cx: &CompileContext<'_>,
-) -> Result<RoutingTable, ConfigError> {
+) -> RoutingTable {
     let mut services = Vec::with_capacity(config.services.len());
     let mut by_name = ConfigMap::default();
-    for (i, s) in config.services.iter().enumerate() {
+    let mut refused = ConfigMap::default();
+    for s in &config.services {
         let key = s.name.to_ascii_lowercase();
-        if by_name.insert(key, i).is_some() {
-            return Err(invalid(
-                &s.name,
-                "the name appears twice; service names must be unique",
-            ));
+        if by_name.contains_key(&key) || refused.contains_key(&key) {
+            // The first entry of a name stays in force; a second one cannot be told apart by host.
+            tracing::warn!(service = %s.name, "ModelService appears twice in the mesh config; the second entry is left out");
+            continue;
         }
-        services.push(Arc::new(compile_service(s, previous, cx)?));
+        match s.validate().and_then(|()| compile_service(s, previous, cx)) {
+            Ok(svc) => {
+                by_name.insert(key, services.len());
+                services.push(Arc::new(svc));
+            }
+            Err(reason) => {
+                tracing::warn!(service = %s.name, %reason, "ModelService left out of the mesh config in force");
+                refused.insert(key, reason);
+            }
+        }
     }
-    Ok(RoutingTable {
+    RoutingTable {
         revision: config.revision.clone(),
         config,
         services,
         by_name,
-    })
+        refused,
+    }
 }
 
+/// Builds a service that passed [`ServiceConfig::validate`]; what remains to fail here are
+/// conversions the contract's rules already exclude.
 fn compile_service(
     s: &ServiceConfig,
     previous: &RoutingTable,
     cx: &CompileContext<'_>,
-) -> Result<Service, ConfigError> {
+) -> Result<Service, String> {
     let name = s.name.as_str();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(invalid(
-            name,
-            "name must be a non-empty DNS label (letters, digits, '-')",
-        ));
-    }
-    if s.port == 0 {
-        return Err(invalid(name, "port must be 1-65535"));
-    }
-    if s.variants.is_empty() {
-        return Err(invalid(name, "needs at least one variant"));
-    }
-    if s.variants.len() > usize::from(u16::MAX) {
-        return Err(invalid(name, "too many variants"));
-    }
-    let mut seen = HashSet::new();
-    for v in &s.variants {
-        if v.name.is_empty() || !seen.insert(v.name.as_str()) {
-            return Err(invalid(
-                name,
-                format!("variant name {:?} is empty or repeated", v.name),
-            ));
-        }
-    }
     let weights: Vec<u32> = s.variants.iter().map(|v| v.weight).collect();
-    if weights.iter().all(|w| *w == 0) && s.routes.is_empty() {
-        return Err(invalid(
-            name,
-            "every variant has weight 0 and there is no route: no request could be served",
-        ));
-    }
     let r = &s.retries;
-    if !(0.0..=1.0).contains(&r.budget_ratio) || !(0.0..=1.0).contains(&r.backoff_jitter) {
-        return Err(invalid(
-            name,
-            "retries.budgetRatio and retries.backoffJitter must be within 0.0-1.0",
-        ));
-    }
-    if r.attempts > 10 {
-        return Err(invalid(name, "retries.attempts must be at most 10"));
-    }
     let header = |what: &str, h: &str| {
         HeaderName::from_bytes(h.as_bytes())
-            .map_err(|_| invalid(name, format!("{what} {h:?} is not a valid header name")))
+            .map_err(|_| format!("{what} {h:?} is not a valid header name"))
     };
     let sticky_header = s
         .sticky_header
@@ -145,41 +104,21 @@ fn compile_service(
         .as_deref()
         .map(|h| header("loadBalancing.hashOn", h))
         .transpose()?;
-    if s.load_balancing.policy == LoadBalancingPolicy::ConsistentHash && hash_on.is_none() {
-        return Err(invalid(
-            name,
-            "loadBalancing.hashOn is required with ConsistentHash",
-        ));
-    }
     let c = &s.concurrency;
-    if c.max_in_flight_per_endpoint == Some(0) {
-        return Err(invalid(
-            name,
-            "concurrency.maxInFlightPerEndpoint must be at least 1",
-        ));
-    }
     let mut routes = Vec::with_capacity(s.routes.len());
     for rc in &s.routes {
         let variant = s
             .variants
             .iter()
             .position(|v| v.name == rc.variant)
-            .ok_or_else(|| {
-                invalid(
-                    name,
-                    format!("a route names unknown variant {:?}", rc.variant),
-                )
-            })?;
+            .ok_or_else(|| format!("a route names unknown variant {:?}", rc.variant))?;
         let mut headers = Vec::with_capacity(rc.headers.len());
         for hm in &rc.headers {
             let m = match &hm.value {
                 HeaderValueMatch::Exact(v) => ValueMatch::Exact(v.as_bytes().to_vec()),
                 HeaderValueMatch::Prefix(v) => ValueMatch::Prefix(v.as_bytes().to_vec()),
                 HeaderValueMatch::Regex(re) => ValueMatch::Regex(
-                    RegexBuilder::new(&format!("^(?:{re})$"))
-                        .size_limit(REGEX_SIZE_LIMIT)
-                        .build()
-                        .map_err(|e| invalid(name, format!("route regex {re:?}: {e}")))?,
+                    header_regex(re).map_err(|e| format!("route regex {re:?}: {e}"))?,
                 ),
             };
             headers.push((header("route header", &hm.name)?, m));
@@ -193,7 +132,7 @@ fn compile_service(
 
     let old = previous.service(&name.to_ascii_lowercase());
     let local_authority = Authority::try_from(format!("127.0.0.1:{}", s.port).as_str())
-        .map_err(|e| invalid(name, format!("port: {e}")))?;
+        .map_err(|e| format!("port: {e}"))?;
     // Idle connections survive a reload as long as their address does.
     let local = match old {
         Some(o) if *o.local.authority() == local_authority => o.local.clone(),
@@ -252,23 +191,16 @@ fn compile_variant(
     limits: Option<(u32, u32, Duration)>,
     hash_on: &Option<HeaderName>,
     cx: &CompileContext<'_>,
-) -> Result<Variant, ConfigError> {
-    let name = s.name.as_str();
-    let routed = HeaderValue::try_from(format!("{}/{}", s.name, v.name)).map_err(|_| {
-        invalid(
-            name,
-            format!("variant name {:?} is not header-safe", v.name),
-        )
-    })?;
+) -> Result<Variant, String> {
+    let routed = HeaderValue::try_from(format!("{}/{}", s.name, v.name))
+        .map_err(|_| format!("variant name {:?} is not header-safe", v.name))?;
     let mut endpoints = Vec::with_capacity(v.endpoints.len());
     let mut seen = HashSet::new();
     for e in &v.endpoints {
-        let addr: SocketAddr = e.address.parse().map_err(|_| {
-            invalid(
-                name,
-                format!("endpoint address {:?} is not ip:port", e.address),
-            )
-        })?;
+        let addr: SocketAddr = e
+            .address
+            .parse()
+            .map_err(|_| format!("endpoint address {:?} is not ip:port", e.address))?;
         if !seen.insert(addr) {
             continue;
         }
@@ -278,7 +210,7 @@ fn compile_variant(
             local.clone()
         } else {
             let authority = Authority::try_from(addr.to_string().as_str())
-                .map_err(|err| invalid(name, format!("endpoint {}: {err}", e.address)))?;
+                .map_err(|err| format!("endpoint {}: {err}", e.address))?;
             match old_e {
                 Some(o) if *o.conns.authority() == authority => o.conns.clone(),
                 _ => ConnPool::new(authority),

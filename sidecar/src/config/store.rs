@@ -86,8 +86,11 @@ impl ConfigStore {
             ewma: self.ewma,
             now: Instant::now(),
         };
-        let table = compile(cfg, &previous, &cx)?;
+        let table = compile(cfg, &previous, &cx);
         let revision = table.revision.clone();
+        self.metrics
+            .config_services_refused
+            .set(table.refused.len() as i64);
         self.table.store(Arc::new(table));
         self.loaded.store(true, Ordering::Release);
         self.metrics.config_reloads.inc();
@@ -111,11 +114,28 @@ mod tests {
         assert!(!s.is_loaded());
         assert_eq!(s.apply_json(GOOD.as_bytes(), "test").unwrap(), "r1");
         let before = s.current();
-        let bad = GOOD.replace("\"weight\":100", "\"weight\":0");
+        let bad = GOOD.replace("\"port\":8000", "\"retires\":{},\"port\":8000");
         assert!(s.apply_json(bad.as_bytes(), "test").is_err());
         assert!(Arc::ptr_eq(&before, &s.current()));
         assert_eq!(s.metrics.config_rejections.get(), 2);
         assert_eq!(s.metrics.config_reloads.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_service_breaking_a_rule_is_counted_and_named_not_a_refused_document() {
+        let s = ConfigStore::new(Arc::new(Metrics::new()), None, EwmaPolicy::default());
+        let bad = GOOD.replace("\"weight\":100", "\"weight\":0");
+        assert_eq!(s.apply_json(bad.as_bytes(), "test").unwrap(), "r1");
+        assert!(
+            s.is_loaded(),
+            "the document is in force, without the service"
+        );
+        assert!(s.current().refused["llm"].contains("weight 0"));
+        assert_eq!(s.metrics.config_services_refused.get(), 1);
+        assert_eq!(s.metrics.config_rejections.get(), 0);
+        s.apply_json(GOOD.replace("r1", "r2").as_bytes(), "test")
+            .unwrap();
+        assert_eq!(s.metrics.config_services_refused.get(), 0);
     }
 
     #[tokio::test]

@@ -27,6 +27,8 @@ pub(crate) struct RoutingTable {
     pub(crate) services: Vec<Arc<Service>>,
     /// Lower-cased service name → index in `services`.
     pub(crate) by_name: ConfigMap<String, usize>,
+    /// Lower-cased name → why the service was left out (it broke a rule of the mesh contract).
+    pub(crate) refused: ConfigMap<String, String>,
 }
 
 impl RoutingTable {
@@ -37,6 +39,7 @@ impl RoutingTable {
             config: MeshConfig::default(),
             services: Vec::new(),
             by_name: ConfigMap::default(),
+            refused: ConfigMap::default(),
         }
     }
 

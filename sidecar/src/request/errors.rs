@@ -20,6 +20,8 @@ pub(crate) enum ProxyError {
     Malformed(&'static str),
     #[error("no ModelService matches host {0:?} in the mesh config in force")]
     UnknownService(String),
+    #[error("ModelService {service:?} is not in force in this sidecar: {reason}")]
+    Refused { service: String, reason: String },
     #[error("the mesh config has not been loaded yet; retry shortly")]
     NotReady,
     #[error("ModelService {0:?} has no variant with weight > 0 for this request")]
@@ -46,6 +48,7 @@ impl ProxyError {
             }
             ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
             ProxyError::NotReady
+            | ProxyError::Refused { .. }
             | ProxyError::NoVariant(_)
             | ProxyError::NoEndpoint { .. }
             | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -61,6 +64,7 @@ impl ProxyError {
             ProxyError::Malformed(_) => "malformed-request",
             ProxyError::UnknownService(_) => "unknown-service",
             ProxyError::NotReady => "config-not-loaded",
+            ProxyError::Refused { .. } => "service-refused",
             ProxyError::NoVariant(_) => "no-variant",
             ProxyError::NoEndpoint { .. } => "no-ready-endpoint",
             ProxyError::Overloaded { .. } => "overloaded",

@@ -60,7 +60,15 @@ pub(crate) fn service<'t>(
     } else {
         Cow::Borrowed(name)
     };
-    let svc = table.service(&name).ok_or_else(unknown)?;
+    let Some(svc) = table.service(&name) else {
+        return Err(match table.refused.get(name.as_ref()) {
+            Some(reason) => ProxyError::Refused {
+                service: name.into_owned(),
+                reason: reason.clone(),
+            },
+            None => unknown(),
+        });
+    };
     match ns {
         Some(ns) if !svc.namespace.is_empty() && !ns.eq_ignore_ascii_case(&svc.namespace) => {
             Err(unknown())

@@ -54,6 +54,7 @@ impl Admin {
                     "revision": t.revision,
                     "loaded": self.store.is_loaded(),
                     "config": t.config,
+                    "refused": t.refused,
                 });
                 let mut r = text(StatusCode::OK, body.to_string());
                 r.headers_mut().insert(

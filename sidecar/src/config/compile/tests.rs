@@ -26,7 +26,7 @@ const BASE: &str = r#"{"services":[{"name":"llm","namespace":"team","port":8000,
 #[tokio::test]
 async fn compiles_hosts_routes_and_local_endpoints() {
     let m = Metrics::new();
-    let t = compile(parse(BASE), &RoutingTable::empty(), &cx(&m)).unwrap();
+    let t = compile(parse(BASE), &RoutingTable::empty(), &cx(&m));
     let s = t.service("llm").unwrap();
     assert_eq!(s.variants.len(), 2);
     assert_eq!(s.router.routes[0].variant, 1);
@@ -43,44 +43,69 @@ async fn compiles_hosts_routes_and_local_endpoints() {
     assert_eq!(s.variants[0].routed, "llm/stable");
 }
 
+/// BASE with a second, valid service `other` beside `llm`.
+fn with_other(base: &str) -> MeshConfig {
+    let mut cfg = parse(base);
+    let other = r#"{"name":"other","port":9000,"variants":[{"name":"v","weight":100,
+        "endpoints":[{"address":"10.0.0.9:9000"}]}]}"#;
+    cfg.services.push(serde_json::from_str(other).unwrap());
+    cfg
+}
+
 #[tokio::test]
-async fn refuses_invalid_configs_with_reasons() {
+async fn a_bad_service_is_left_out_with_its_reason_and_the_others_compile() {
     let m = Metrics::new();
     let bad = [
-        (BASE.replace("\"beta-.*\"", "\"(unclosed\""), "regex"),
+        (BASE.replace("\"beta-.*\"", "\"([a-z\""), "does not compile"),
         (
             BASE.replace("\"variant\":\"canary\"", "\"variant\":\"nope\""),
             "unknown variant",
         ),
         (BASE.replace("10.0.0.3:8000", "not-an-address"), "ip:port"),
-        (BASE.replace("\"port\":8000", "\"port\":0"), "port"),
         (
-            BASE.replace("\"name\":\"canary\"", "\"name\":\"stable\""),
-            "repeated",
+            BASE.replace("\"port\":8000", "\"port\":15006"),
+            "sidecar's own",
+        ),
+        (
+            BASE.replace("\"name\":\"canary\"", "\"name\":\"llm.v3\""),
+            "variant name",
         ),
         (BASE.replace("\"X-User\"", "\"bad header\""), "header name"),
         (
-            BASE.replace("\"name\":\"llm\"", "\"name\":\"\""),
-            "DNS label",
+            BASE.replace(
+                "\"stickyHeader\"",
+                "\"timeouts\":{\"firstByteMs\":0},\"stickyHeader\"",
+            ),
+            "firstByteMs is 0",
+        ),
+        (
+            BASE.replace(
+                "\"stickyHeader\"",
+                "\"loadBalancing\":{\"policy\":\"ConsistentHash\"},\"stickyHeader\"",
+            ),
+            "hashOn",
         ),
     ];
     for (json, why) in bad {
-        let e = compile(parse(&json), &RoutingTable::empty(), &cx(&m)).unwrap_err();
-        assert!(e.to_string().contains(why), "{e} should mention {why}");
+        let t = compile(with_other(&json), &RoutingTable::empty(), &cx(&m));
+        assert!(t.service("llm").is_none(), "{why}: llm should be left out");
+        let reason = &t.refused["llm"];
+        assert!(reason.contains(why), "{reason} should mention {why}");
+        assert!(
+            t.service("other").is_some(),
+            "{why}: other must stay in force"
+        );
     }
-    let twice = r#"{"services":[{"name":"a","port":1,"variants":[{"name":"v","weight":1}]},
-                                {"name":"A","port":1,"variants":[{"name":"v","weight":1}]}]}"#;
-    assert!(compile(parse(twice), &RoutingTable::empty(), &cx(&m)).is_err());
-    let ch = BASE.replace(
-        "\"stickyHeader\"",
-        "\"loadBalancing\":{\"policy\":\"ConsistentHash\"},\"stickyHeader\"",
-    );
-    assert!(
-        compile(parse(&ch), &RoutingTable::empty(), &cx(&m))
-            .unwrap_err()
-            .to_string()
-            .contains("hashOn")
-    );
+}
+
+#[tokio::test]
+async fn a_name_given_twice_keeps_its_first_entry() {
+    let m = Metrics::new();
+    let twice = r#"{"services":[{"name":"a","port":1,"variants":[{"name":"first","weight":1}]},
+                                {"name":"A","port":1,"variants":[{"name":"second","weight":1}]}]}"#;
+    let t = compile(parse(twice), &RoutingTable::empty(), &cx(&m));
+    assert_eq!(t.services.len(), 1);
+    assert_eq!(t.service("a").unwrap().variants[0].name, "first");
 }
 
 proptest! {

@@ -14,6 +14,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod validate;
+
+pub use validate::{MAX_ATTEMPTS, header_regex, is_header_name};
+
 /// Name of the generated ConfigMap in each namespace that has a ModelService.
 pub const CONFIG_MAP_NAME: &str = "infermesh-mesh-config";
 /// Key of the JSON document inside that ConfigMap.
@@ -195,6 +199,11 @@ pub struct RetryConfig {
     pub budget_ratio: f64,
     /// ... plus this many retries per second.
     pub budget_min_per_second: u32,
+    /// Retry non-idempotent requests (POST: inference) on a reset, a 5xx or a timeout before the
+    /// first response byte, as idempotent ones are. Failures that happen before any request byte
+    /// reached a model are retried for every method regardless.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry_non_idempotent: bool,
 }
 
 impl Default for RetryConfig {
@@ -210,6 +219,7 @@ impl Default for RetryConfig {
             backoff_jitter: 0.5,
             budget_ratio: 0.2,
             budget_min_per_second: 10,
+            retry_non_idempotent: false,
         }
     }
 }
