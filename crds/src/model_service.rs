@@ -249,6 +249,17 @@ pub struct Stickiness {
 }
 
 /// When a failed try is retried, how often, how fast and within which budget.
+///
+/// What is retried, on another endpoint, while tries, the budget and the request timeout last:
+/// - for every method, a try that failed before any request byte reached a model: the
+///   connection could not be made (`connect-failure`), a peer sidecar answered that its local
+///   model is unreachable (`connect-failure`), or the endpoint answered 503 (`gateway-error`,
+///   `5xx`) or a listed status such as 429 (`retriable-status-codes`), with or without
+///   `Retry-After`;
+/// - for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE), and for every method when
+///   `retryNonIdempotent` is true: a reset (`reset`), another listed 5xx, or a per-try timeout
+///   before the response head;
+/// - never once a response byte has reached the client, and never a body over 1 MiB (it streams).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("!has(self.retryOn) || !self.retryOn.exists(c, c == 'retriable-status-codes') || (has(self.retriableStatusCodes) && size(self.retriableStatusCodes) > 0)")
     .message("retryOn lists retriable-status-codes: give the codes in retriableStatusCodes"))]
@@ -272,6 +283,11 @@ pub struct Retries {
     /// Exponential backoff between tries. Default: 25ms doubling up to 1s, 50% jitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
+    /// Also retry non-idempotent requests (POST: inference calls) on a reset, a 5xx or a per-try
+    /// timeout before the response head. Safe when a repeated request only costs compute (an
+    /// LLM completion), not when it has effects. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_non_idempotent: Option<bool>,
     /// Cap on retries relative to traffic, so retries cannot amplify an outage.
     /// Default: 20% of requests plus 10 retries per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -131,6 +131,7 @@ fn retries(spec: &ModelServiceSpec) -> RetryConfig {
     };
     cfg.attempts = u32::try_from(r.attempts).unwrap_or(1).max(1);
     cfg.per_try_timeout_ms = millis(r.per_try_timeout.as_ref());
+    cfg.retry_non_idempotent = r.retry_non_idempotent.unwrap_or(false);
     if !r.retry_on.is_empty() {
         cfg.retry_on = r
             .retry_on
@@ -198,6 +199,7 @@ mod tests {
             per_try_timeout: Some("2s".into()),
             retry_on: vec![RetryOn::GatewayError, RetryOn::RetriableStatusCodes],
             retriable_status_codes: vec![429],
+            retry_non_idempotent: Some(true),
             backoff: Some(Backoff {
                 base: "50ms".into(),
                 max: "2s".into(),
@@ -254,6 +256,7 @@ mod tests {
             ]
         );
         assert_eq!(cfg.retries.retriable_status_codes, [429]);
+        assert!(cfg.retries.retry_non_idempotent);
         assert_eq!(
             (cfg.retries.backoff_base_ms, cfg.retries.backoff_max_ms),
             (50, 2000)

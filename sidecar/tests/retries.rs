@@ -197,3 +197,83 @@ async fn request_bodies_of_any_size_reach_the_backend_with_retries_on() {
         );
     }
 }
+
+/// A POST that failed before any byte reached a model is retried, whatever the method: no
+/// connection, a 503 refusal, and a peer sidecar whose own model is gone (its 502
+/// `upstream-unreachable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_are_retried_when_no_model_saw_them() {
+    let good = backend("v1", Mode::Ok).await;
+    let refusing = backend("v1", Mode::Status(503)).await;
+    let nothing = closed_port().await;
+    // A peer sidecar whose model port has no listener: it answers 502 upstream-unreachable.
+    let model_gone = closed_port().await;
+    let peer = sidecar(
+        &json!({"services": [{"name": "llm", "port": model_gone.port(),
+        "variants": [{"name": "stable", "weight": 100}]}]})
+        .to_string(),
+    )
+    .await;
+    let endpoint =
+        |a: std::net::SocketAddr, meshed: bool| json!({"address": a.to_string(), "meshed": meshed});
+    let cfg = json!({"services": [{"name": "llm", "port": 1,
+        "retries": {"attempts": 4, "retryOn": ["connect-failure", "gateway-error"],
+                    "backoffBaseMs": 1, "backoffMaxMs": 2, "budgetRatio": 1.0, "budgetMinPerSecond": 1000},
+        "outlierDetection": {"consecutiveFailures": 0},
+        "variants": [{"name": "stable", "weight": 100, "endpoints": [
+            endpoint(good.addr, false), endpoint(refusing.addr, false),
+            endpoint(nothing, false), endpoint(peer.sidecar.inbound, true)]}]}]});
+    let s = sidecar(&cfg.to_string()).await;
+    let c = client();
+    for i in 0..60 {
+        let r = post(&c, s.sidecar.inbound, "llm", r#"{"prompt":"hi"}"#)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "POST {i}: {:?} {:?}", r.headers, r.body);
+    }
+    assert!(
+        refusing.hits.load(Ordering::SeqCst) > 0,
+        "the 503 endpoint was tried"
+    );
+    let (_, m) = admin(&peer.sidecar, "/metrics").await;
+    assert!(m.contains("class=\"5xx\""), "the peer answered 502s: {m}");
+}
+
+/// A reset may come after the model started work: a POST is retried on it only when the service
+/// says repeats are safe (`retryNonIdempotent`), a GET always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_post_is_retried_only_with_retry_non_idempotent() {
+    let good = backend("v1", Mode::Ok).await;
+    let resets = backend("v1", Mode::Reset).await;
+    for allowed in [false, true] {
+        let cfg = json!({"services": [{"name": "llm", "port": 1,
+            "retries": {"attempts": 3, "retryOn": ["reset"], "retryNonIdempotent": allowed,
+                        "backoffBaseMs": 1, "backoffMaxMs": 2, "budgetRatio": 1.0, "budgetMinPerSecond": 1000},
+            "loadBalancing": {"policy": "RoundRobin"},
+            "outlierDetection": {"consecutiveFailures": 0},
+            "variants": [{"name": "stable", "weight": 100, "endpoints": [
+                {"address": good.addr.to_string()}, {"address": resets.addr.to_string()}]}]}]});
+        let s = sidecar(&cfg.to_string()).await;
+        let c = client();
+        let mut failed = 0;
+        for _ in 0..20 {
+            let r = post(&c, s.sidecar.inbound, "llm", r#"{"prompt":"hi"}"#)
+                .await
+                .unwrap();
+            if r.status != 200 {
+                assert_eq!(r.status, 502);
+                failed += 1;
+            }
+            let g = get(&c, s.sidecar.inbound, "llm", &[]).await.unwrap();
+            assert_eq!(g.status, 200, "a GET is retried on a reset");
+        }
+        if allowed {
+            assert_eq!(failed, 0, "retryNonIdempotent retries the POSTs");
+        } else {
+            assert!(
+                failed >= 5,
+                "without it, POSTs meeting the reset fail: {failed} of 20"
+            );
+        }
+    }
+}

@@ -87,6 +87,8 @@ pub(crate) struct RetryPolicy {
     pub(crate) on_5xx: bool,
     pub(crate) on_gateway_error: bool,
     pub(crate) statuses: Vec<u16>,
+    /// Non-idempotent requests are retried like idempotent ones (`retryNonIdempotent`).
+    pub(crate) non_idempotent: bool,
     pub(crate) backoff: Backoff,
 }
 
@@ -105,6 +107,7 @@ impl RetryPolicy {
             } else {
                 Vec::new()
             },
+            non_idempotent: c.retry_non_idempotent,
             backoff: Backoff {
                 base: Duration::from_millis(c.backoff_base_ms),
                 max: Duration::from_millis(c.backoff_max_ms),
@@ -113,7 +116,8 @@ impl RetryPolicy {
         }
     }
 
-    /// Whether a response with this status may be retried (idempotent requests only).
+    /// Whether a response with this status may be retried (see `request::attempts` for which
+    /// methods).
     pub(crate) fn retries_status(&self, status: u16) -> bool {
         (self.on_5xx && (500..600).contains(&status))
             || (self.on_gateway_error && matches!(status, 502..=504))

@@ -3,6 +3,12 @@
 //! outcome; failures feed outlier detection, and a retry happens only when the policy allows it
 //! for this method and outcome, a replayable body exists, an endpoint in rotation remains, and
 //! the retry budget has room. Nothing is retried once the response head has been returned.
+//!
+//! Which methods: a failure that happened before any request byte reached a model (no
+//! connection, a peer sidecar's "local model unreachable", a 503 or 429 refusal) is retried for
+//! every method, since the model never saw the request. Other failures (a reset, another 5xx, a
+//! timeout) may come after the model started work: they are retried for idempotent methods, and
+//! for all when the service sets `retryNonIdempotent` (inference, where a repeat costs compute).
 
 use std::time::{Duration, SystemTime};
 
@@ -11,7 +17,7 @@ use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::errors::{ProxyError, error_chain};
+use super::errors::{ProxyError, REASON_HEADER, error_chain};
 use super::guard::RequestGuard;
 use super::timeouts::{min_opt, within_opt};
 use crate::config::table::{Service, Variant};
@@ -51,7 +57,8 @@ impl Attempts<'_> {
     ) -> Result<Response<Incoming>, ProxyError> {
         let (svc, variant) = (self.svc, self.variant);
         let policy = &svc.retry;
-        let idempotent = is_idempotent(&head.method);
+        // Whether failures after the model may have seen the request are retried too.
+        let repeatable = policy.non_idempotent || is_idempotent(&head.method);
         // With retries on, the body is read (≤ 1 MiB) so it can be replayed.
         let (replay, mut once) = if policy.attempts > 1 {
             svc.budget.deposit(Instant::now());
@@ -136,7 +143,14 @@ impl Attempts<'_> {
                         {
                             ep.state.hold_for(now, d);
                         }
-                        if !(more && idempotent && policy.retries_status(status)) {
+                        let unreached = ep.meshed && peer_model_unreachable(&resp);
+                        let retriable = if unreached {
+                            policy.on_connect_failure
+                        } else {
+                            policy.retries_status(status)
+                        };
+                        let before_model = unreached || matches!(status, 429 | 503);
+                        if !(more && retriable && (before_model || repeatable)) {
                             guard.hold(in_flight, permit, lent);
                             return Ok(resp);
                         }
@@ -159,8 +173,8 @@ impl Attempts<'_> {
                     && match &failure {
                         Failure::Status(..) => true,
                         Failure::Connect(_) => policy.on_connect_failure,
-                        Failure::Reset(_) => policy.on_reset && idempotent,
-                        Failure::Timeout => policy.retries_timeout() && idempotent,
+                        Failure::Reset(_) => policy.on_reset && repeatable,
+                        Failure::Timeout => policy.retries_timeout() && repeatable,
                     };
                 if retry {
                     // Only to an endpoint in rotation: one held by Retry-After or ejected is not
@@ -204,6 +218,13 @@ impl Attempts<'_> {
                 "endpoint ejected after consecutive failures");
         }
     }
+}
+
+/// A peer sidecar answered that it could not reach its own model: the request never got there.
+fn peer_model_unreachable(resp: &Response<Incoming>) -> bool {
+    resp.status() == http::StatusCode::BAD_GATEWAY
+        && resp.headers().get(REASON_HEADER).map(|v| v.as_bytes())
+            == Some(ProxyError::CONNECT_REASON.as_bytes())
 }
 
 /// RFC 9110 §9.2.2 idempotent methods.

@@ -41,6 +41,9 @@ pub(crate) enum ProxyError {
 }
 
 impl ProxyError {
+    /// The reason of [`ProxyError::Connect`]: from a peer sidecar, its local model is unreachable.
+    pub(crate) const CONNECT_REASON: &'static str = "upstream-unreachable";
+
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoHost | ProxyError::Malformed(_) | ProxyError::RequestBody(_) => {
@@ -69,7 +72,7 @@ impl ProxyError {
             ProxyError::NoEndpoint { .. } => "no-ready-endpoint",
             ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::Timeout => "upstream-timeout",
-            ProxyError::Connect(_) => "upstream-unreachable",
+            ProxyError::Connect(_) => Self::CONNECT_REASON,
             ProxyError::Upstream(_) => "upstream-failed",
             ProxyError::RequestBody(_) => "request-body",
         }

@@ -256,6 +256,37 @@ pub async fn get(
     })
 }
 
+/// One POST of `body` to `/v1/completions` through the sidecar at `addr` for host `host`.
+pub async fn post(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    host: &str,
+    body: &'static str,
+) -> Result<Reply, String> {
+    let req = Request::post(format!("http://{addr}/v1/completions"))
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
 /// `n` GETs with `concurrency` workers, bounded by `limit` in time; returns every reply.
 pub async fn load(
     addr: SocketAddr,
