@@ -156,6 +156,10 @@ impl Attempts<'_> {
                         }
                         Failure::Status(resp, lent)
                     }
+                    // Not the endpoint's failure: nothing to retry or to hold against it.
+                    Some(Err(e)) if body::is_client_fault(&e) => {
+                        return Err(ProxyError::RequestBody(error_chain(&e)));
+                    }
                     Some(Err(e)) => {
                         self.failed(ep, now);
                         if e.is_connect() {

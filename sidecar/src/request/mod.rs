@@ -43,7 +43,7 @@ use self::timeouts::{until, within_opt};
 use crate::config::store::ConfigStore;
 use crate::detach;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
-use crate::upstream::body::RequestBody;
+use crate::upstream::body::{RequestBody, is_client_fault};
 use crate::upstream::forward::{self, ROUTED, Upstream};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +181,9 @@ impl Proxy {
                     }
                     guard.hold_conn(lent);
                     Ok(resp)
+                }
+                Some(Err(e)) if is_client_fault(&e) => {
+                    Err(ProxyError::RequestBody(error_chain(&e)))
                 }
                 Some(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
                 Some(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),

@@ -14,6 +14,24 @@ use hyper::body::Incoming;
 /// Largest request body kept for replay; larger bodies stream and are not retried.
 pub(crate) const MAX_REPLAY: usize = 1 << 20;
 
+/// The client's request body failed while it was sent upstream (a malformed chunk, the client
+/// gone midway): the client's fault, which must not count against the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub(crate) struct ClientBodyError(#[source] hyper::Error);
+
+/// Whether `e`, or any error it was caused by, is the client's request body failing.
+pub(crate) fn is_client_fault(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 /// A request body as read for retries.
 pub(crate) enum Prepared {
     /// Fully read: can be sent any number of times.
@@ -99,12 +117,15 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let client = |p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| {
+            p.map(|f| f.map(|r| r.map_err(ClientBodyError)))
+        };
         match self.get_mut() {
             RequestBody::Replay { data, trailers } => Poll::Ready(
                 data.take()
@@ -112,10 +133,10 @@ impl Body for RequestBody {
                     .or_else(|| trailers.take().map(|t| Frame::trailers(*t)))
                     .map(Ok),
             ),
-            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Stream(b) => client(Pin::new(b).poll_frame(cx)),
             RequestBody::Prefixed { head, rest } => match head.pop_front() {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                None => Pin::new(rest).poll_frame(cx),
+                None => client(Pin::new(rest).poll_frame(cx)),
             },
         }
     }
