@@ -133,7 +133,13 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
             });
             move |req| proxy.clone().handle(conn.clone(), req)
         };
-        proxies.spawn(listener::serve(listener, name, make, rx.clone()));
+        proxies.spawn(listener::serve(
+            listener,
+            name,
+            opts.max_header_bytes,
+            make,
+            rx.clone(),
+        ));
     }
     let admin_state = Arc::new(Admin {
         store: store.clone(),
@@ -146,7 +152,13 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
             let admin = admin.clone();
             move |req| admin.clone().handle(req)
         };
-        background.spawn(listener::serve(admin_l, "admin", make, rx.clone()));
+        background.spawn(listener::serve(
+            admin_l,
+            "admin",
+            opts.max_header_bytes,
+            make,
+            rx.clone(),
+        ));
     }
     admin_state.listeners_up.store(true, Ordering::Release);
     tracing::info!(inbound = %inbound_addr, outbound = %outbound_addr, admin = %admin_addr, "listening");

@@ -83,6 +83,10 @@ pub struct Options {
     /// PeakEWMA decay time constant.
     #[arg(long, default_value = EWMA_DECAY.as_str(), value_parser = humantime::parse_duration)]
     pub ewma_decay: Duration,
+    /// Largest request head accepted, in bytes (request line and headers; HTTP/2: the header
+    /// list). Larger ones get 431 (HTTP/1.1) or a refused stream (HTTP/2).
+    #[arg(long, default_value_t = 64 << 10)]
+    pub max_header_bytes: usize,
     /// Worker threads (0: one per CPU; 1: a single-threaded runtime).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,

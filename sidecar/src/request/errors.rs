@@ -18,6 +18,10 @@ pub(crate) enum ProxyError {
     NoHost,
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    #[error(
+        "protocol upgrades (WebSocket and others) are not relayed; send plain HTTP/1.1 or HTTP/2"
+    )]
+    Upgrade,
     #[error("no ModelService matches host {0:?} in the mesh config in force")]
     UnknownService(String),
     #[error("ModelService {service:?} is not in force in this sidecar: {reason}")]
@@ -46,9 +50,10 @@ impl ProxyError {
 
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoHost | ProxyError::Malformed(_) | ProxyError::RequestBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::NoHost
+            | ProxyError::Malformed(_)
+            | ProxyError::Upgrade
+            | ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
             ProxyError::NotReady
             | ProxyError::Refused { .. }
@@ -65,6 +70,7 @@ impl ProxyError {
         match self {
             ProxyError::NoHost => "missing-host",
             ProxyError::Malformed(_) => "malformed-request",
+            ProxyError::Upgrade => "upgrade-unsupported",
             ProxyError::UnknownService(_) => "unknown-service",
             ProxyError::NotReady => "config-not-loaded",
             ProxyError::Refused { .. } => "service-refused",

@@ -10,6 +10,7 @@ use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use infermesh_crds::mesh::Protocol;
 
+use super::errors::ProxyError;
 use crate::hash::random_u64;
 
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -77,6 +78,26 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         || n == header::PROXY_AUTHENTICATE
         || n == KEEP_ALIVE
         || n == PROXY_CONNECTION
+}
+
+/// What a request head must not carry, checked before it is routed: two `Host` headers (RFC
+/// 9112 §3.2 asks for a 400), or a protocol switch other than `h2c` (which a server may ignore,
+/// RFC 9113 §3.1; a WebSocket or other tunnel is not relayed, so it is refused in words rather
+/// than turned into a plain request).
+pub(crate) fn check(head: &Parts) -> Result<(), ProxyError> {
+    let h = &head.headers;
+    // More values than names: some header is repeated (rare; Host is then looked at).
+    if h.len() != h.keys_len() && h.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(ProxyError::Malformed(
+            "two Host headers: send exactly one (RFC 9112 §3.2)",
+        ));
+    }
+    if let Some(up) = h.get(header::UPGRADE)
+        && !up.as_bytes().eq_ignore_ascii_case(b"h2c")
+    {
+        return Err(ProxyError::Upgrade);
+    }
+    Ok(())
 }
 
 /// Per-connection values for the forwarding headers, computed once per client connection.
@@ -177,20 +198,21 @@ pub(crate) fn prepare_head(head: &mut Parts, forwarding: &Forwarding, protocol: 
     // insert (a parsed request's map is sized to the headers it arrived with).
     head.headers.reserve(ADDED_HEADERS);
     strip_hop_by_hop(&mut head.headers, protocol != Protocol::Http);
-    let host = match head.headers.get(http::header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => {
-            let h = head
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-            if protocol == Protocol::Http
-                && let Some(h) = &h
-            {
+    // An absolute-form target (or HTTP/2 :authority) names the host, and a Host header saying
+    // otherwise is replaced (RFC 9112 §3.2.2, RFC 9113 §8.3.1): the upstream sees the host the
+    // request was routed by.
+    let host = match head
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        Some(h) => {
+            if protocol == Protocol::Http {
                 head.headers.insert(http::header::HOST, h.clone());
             }
-            h
+            Some(h)
         }
+        None => head.headers.get(http::header::HOST).cloned(),
     };
     forwarding.apply(&mut head.headers, host.as_ref());
     ensure_request_id(&mut head.headers);

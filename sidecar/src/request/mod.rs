@@ -85,6 +85,9 @@ impl Proxy {
                 )
                 .into_response());
             }
+            if let Err(e) = headers::check(&head) {
+                return Ok(e.into_response());
+            }
             Ok(match routed {
                 Some(r) if conn.direction == Direction::Inbound => {
                     self.deliver_local(&r, &mut head, body, &conn).await

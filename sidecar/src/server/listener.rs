@@ -4,7 +4,11 @@
 //!
 //! The protocol is told from the connection's first bytes, peeked without consuming them, so the
 //! connection goes straight to hyper's HTTP/1 or HTTP/2 server: no rewind buffer sits in front of
-//! every read, as it would with a server that detects the version by reading.
+//! every read, as it would with a server that detects the version by reading. Only a connection
+//! whose first segment is part of the HTTP/2 preface is read to tell (see [`sniff`]).
+//!
+//! Request heads are capped (`--max-header-bytes`, 64 KiB by default, about Envoy's 60 KiB):
+//! beyond it HTTP/1.1 gets 431 and HTTP/2 a refused stream.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,10 +22,12 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::rewind::Rewind;
 use crate::request::body::ResponseBody;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4): a client speaking HTTP/2 with prior knowledge
@@ -43,15 +49,39 @@ struct Servers {
 }
 
 impl Servers {
-    fn new() -> Self {
+    fn new(max_header_bytes: usize) -> Self {
         let mut h1 = http1::Builder::new();
         // One flat buffer per write rather than a vector of head and body pieces: the messages a
         // sidecar relays are mostly small, and copying a few bytes costs less than the kernel's
         // gathering (about 3 % more requests per second in `make bench`).
-        h1.timer(TokioTimer::new()).keep_alive(true).writev(false);
+        h1.timer(TokioTimer::new())
+            .keep_alive(true)
+            .writev(false)
+            .max_header_size(max_header_bytes);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
         Self { h1, h2 }
+    }
+
+    /// Serves one connection with the protocol it speaks, until it closes or shutdown drains it.
+    async fn serve<I, H, Fut>(
+        &self,
+        protocol: Protocol,
+        io: I,
+        handler: H,
+        watcher: Watcher,
+    ) -> Result<(), hyper::Error>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+    {
+        let svc = service_fn(handler);
+        match protocol {
+            Protocol::Http1 => watcher.watch(self.h1.serve_connection(io, svc)).await,
+            Protocol::Http2 => watcher.watch(self.h2.serve_connection(io, svc)).await,
+        }
     }
 }
 
@@ -59,6 +89,7 @@ impl Servers {
 pub(crate) async fn serve<M, H, Fut>(
     listener: TcpListener,
     name: &'static str,
+    max_header_bytes: usize,
     make: M,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -66,7 +97,7 @@ pub(crate) async fn serve<M, H, Fut>(
     H: Fn(Request<Incoming>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
 {
-    let servers = Arc::new(Servers::new());
+    let servers = Arc::new(Servers::new(max_header_bytes));
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -83,24 +114,27 @@ pub(crate) async fn serve<M, H, Fut>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let svc = service_fn(make(peer));
+        let handler = make(peer);
         let (servers, watcher, mut stop) = (servers.clone(), graceful.watcher(), shutdown.clone());
         tokio::spawn(async move {
+            let mut stream = stream;
             // Not yet watched for graceful shutdown: a connection that has sent nothing when the
             // listener stops is simply closed.
-            let protocol = tokio::select! {
-                p = tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&stream)) => p,
+            let sniffed = tokio::select! {
+                s = tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&mut stream)) => s,
                 _ = stop.changed() => return,
             };
-            let io = TokioIo::new(stream);
-            let served = match protocol {
-                Ok(Ok(Some(Protocol::Http1))) => {
-                    watcher.watch(servers.h1.serve_connection(io, svc)).await
+            let served = match sniffed {
+                Ok(Ok(Sniffed::Peeked(p))) => {
+                    servers
+                        .serve(p, TokioIo::new(stream), handler, watcher)
+                        .await
                 }
-                Ok(Ok(Some(Protocol::Http2))) => {
-                    watcher.watch(servers.h2.serve_connection(io, svc)).await
+                Ok(Ok(Sniffed::Read(p, first))) => {
+                    let io = TokioIo::new(Rewind::new(first, stream));
+                    servers.serve(p, io, handler, watcher).await
                 }
-                // Closed, failed or silent before sending anything.
+                // Closed, failed or silent before telling its protocol.
                 _ => return,
             };
             if let Err(e) = served {
@@ -112,17 +146,39 @@ pub(crate) async fn serve<M, H, Fut>(
     graceful.shutdown().await;
 }
 
-/// The protocol of a new connection, from its first bytes (left unread); `None` if it closed first.
-async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
+/// What the first bytes of a connection told.
+enum Sniffed {
+    /// The protocol, from bytes peeked and left unread.
+    Peeked(Protocol),
+    /// The protocol, from these first bytes, read: they are to be served again.
+    Read(Protocol, Vec<u8>),
+    /// The client closed first.
+    Closed,
+}
+
+/// The protocol of a new connection, from its first bytes.
+async fn sniff(stream: &mut TcpStream) -> io::Result<Sniffed> {
     let mut buf = [0u8; H2_PREFACE.len()];
+    let n = stream.peek(&mut buf).await?;
+    match classify(&buf[..n]) {
+        Some(Some(p)) => return Ok(Sniffed::Peeked(p)),
+        Some(None) => return Ok(Sniffed::Closed),
+        None => {}
+    }
+    // A proper prefix of the preface: the rest is on its way (clients send the preface in one
+    // segment, so this path is rare). Peeking again would return at once with the same bytes,
+    // so the bytes are read instead: a read waits for more, and sees a client that leaves.
+    let mut first = Vec::with_capacity(H2_PREFACE.len());
     loop {
-        let n = stream.peek(&mut buf).await?;
-        match classify(&buf[..n]) {
-            Some(p) => return Ok(p),
-            // A proper prefix of the preface: more bytes are on their way. Peeking again at once
-            // would see the same bytes, so wait a moment first (clients send the preface in one
-            // segment; this path is rare).
-            None => tokio::time::sleep(Duration::from_millis(1)).await,
+        let n = stream
+            .read(&mut buf[..H2_PREFACE.len() - first.len()])
+            .await?;
+        if n == 0 {
+            return Ok(Sniffed::Closed);
+        }
+        first.extend_from_slice(&buf[..n]);
+        if let Some(p) = classify(&first) {
+            return Ok(p.map_or(Sniffed::Closed, |p| Sniffed::Read(p, first)));
         }
     }
 }
