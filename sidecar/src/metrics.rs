@@ -46,6 +46,7 @@ pub(crate) struct Metrics {
     in_flight: Family<VariantLabels, Gauge>,
     queue_depth: Family<VariantLabels, Gauge>,
     ejections: Family<VariantLabels, Counter>,
+    streams_cut: Family<VariantLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
     budget_exhausted: Family<ServiceLabels, Counter>,
     revision: Family<RevisionLabels, Gauge>,
@@ -63,6 +64,7 @@ pub(crate) struct VariantMetrics {
     pub(crate) in_flight: Gauge,
     pub(crate) queue_depth: Gauge,
     pub(crate) ejections: Counter,
+    pub(crate) streams_cut: Counter,
 }
 
 impl VariantMetrics {
@@ -94,6 +96,7 @@ impl Metrics {
         let in_flight = Family::<VariantLabels, Gauge>::default();
         let queue_depth = Family::<VariantLabels, Gauge>::default();
         let ejections = Family::<VariantLabels, Counter>::default();
+        let streams_cut = Family::<VariantLabels, Counter>::default();
         let retries = Family::<ServiceLabels, Counter>::default();
         let budget_exhausted = Family::<ServiceLabels, Counter>::default();
         let revision = Family::<RevisionLabels, Gauge>::default();
@@ -125,6 +128,11 @@ impl Metrics {
             "endpoint_ejections",
             "Endpoints ejected after consecutive failures",
             ejections.clone(),
+        );
+        registry.register(
+            "streams_cut",
+            "Responses cut after their head by a timeout or an upstream failure (also counted as 5xx)",
+            streams_cut.clone(),
         );
         registry.register("retries", "Retries sent", retries.clone());
         registry.register(
@@ -160,6 +168,7 @@ impl Metrics {
             in_flight,
             queue_depth,
             ejections,
+            streams_cut,
             retries,
             budget_exhausted,
             revision,
@@ -194,6 +203,7 @@ impl Metrics {
             in_flight: self.in_flight.get_or_create_owned(&l),
             queue_depth: self.queue_depth.get_or_create_owned(&l),
             ejections: self.ejections.get_or_create_owned(&l),
+            streams_cut: self.streams_cut.get_or_create_owned(&l),
         }
     }
 

@@ -62,4 +62,15 @@ async fn first_byte_and_idle_timeouts() {
         "{:?}",
         t.elapsed()
     );
+    // Its head said 200, but the client got a broken stream: an error in the metrics.
+    let (_, m) = admin(&s.sidecar, "/metrics").await;
+    assert!(
+        m.contains("infermesh_requests_total{service=\"llm\",variant=\"s\",class=\"5xx\"} 1\n")
+            && m.contains("class=\"2xx\"} 0\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("infermesh_streams_cut_total{service=\"llm\",variant=\"s\"} 1\n"),
+        "{m}"
+    );
 }

@@ -74,7 +74,7 @@ impl ResponseBody {
         // A response without a body (HEAD, 204, 304) is complete already; the server may never
         // poll it.
         if body.inner.is_end_stream() {
-            body.finish(true);
+            body.finish(End::Complete);
         }
         ResponseBody::Relayed(Box::new(body))
     }
@@ -103,7 +103,7 @@ impl Body for ResponseBody {
                 // The server stops polling once the body reports its end, so the last frame is
                 // where a known-length response completes.
                 if u.inner.is_end_stream() {
-                    u.finish(true);
+                    u.finish(End::Complete);
                 } else if let (Some(t), Some(next)) = (
                     u.timer.as_mut(),
                     u.idle.and_then(|i| Instant::now().checked_add(i)),
@@ -113,11 +113,11 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(f.map_data(detach::chunk))))
             }
             Poll::Ready(Some(Err(e))) => {
-                u.finish(false);
+                u.finish(End::Cut);
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
-                u.finish(true);
+                u.finish(End::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -126,7 +126,7 @@ impl Body for ResponseBody {
                 };
                 ready!(t.as_mut().poll(cx));
                 u.timer = None;
-                u.finish(false);
+                u.finish(End::Cut);
                 let now = Instant::now();
                 let err: BoxError = if u.deadline.is_some_and(|d| now >= d) {
                     Box::new(RequestTimeout)
@@ -153,14 +153,22 @@ impl Body for ResponseBody {
     }
 }
 
+/// How a relayed stream ended (a client that leaves drops it instead).
+enum End {
+    Complete,
+    /// By a timeout or an upstream failure, after the head.
+    Cut,
+}
+
 impl Relayed {
     /// Releases the request's bookkeeping; a complete response also frees its connection.
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, end: End) {
         self.timer = None;
-        if let Some(g) = self.guard.take()
-            && complete
-        {
-            g.complete();
+        if let Some(g) = self.guard.take() {
+            match end {
+                End::Complete => g.complete(),
+                End::Cut => g.cut(),
+            }
         }
     }
 }

@@ -2,10 +2,13 @@
 //! the variant's in-flight gauge and latency histogram, and what the chosen try holds (the
 //! endpoint's in-flight count, its concurrency slot, the upstream connection). It is created by
 //! the request path and handed down with the response body, which drops it when the stream ends,
-//! so every release happens exactly once whichever way the request finishes.
+//! so every release happens exactly once whichever way the request finishes. A relayed response is
+//! counted then too, by its status, or as a 5xx when its stream was cut after the head (a
+//! timeout, an upstream failure): a client that received half a stream was not served.
 
 use std::sync::Arc;
 
+use http::StatusCode;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -22,6 +25,9 @@ pub(crate) struct RequestGuard {
     in_flight: Option<InFlight>,
     permit: Option<OwnedSemaphorePermit>,
     conn: Option<Lent>,
+    /// The status of the response being relayed, counted when the stream ends.
+    status: Option<StatusCode>,
+    cut: bool,
 }
 
 impl RequestGuard {
@@ -36,6 +42,8 @@ impl RequestGuard {
             in_flight: None,
             permit: None,
             conn: None,
+            status: None,
+            cut: false,
         }
     }
 
@@ -54,6 +62,16 @@ impl RequestGuard {
     /// Keeps the connection of a local delivery (which takes no endpoint slot).
     pub(crate) fn hold_conn(&mut self, conn: Option<Lent>) {
         self.conn = conn;
+    }
+
+    /// A response with `status` is being relayed: it is counted when its stream ends.
+    pub(crate) fn relaying(&mut self, status: StatusCode) {
+        self.status = Some(status);
+    }
+
+    /// The stream was cut after its head by a timeout or an upstream failure.
+    pub(crate) fn cut(mut self) {
+        self.cut = true;
     }
 
     /// The response body was read to the end: its connection can serve another request.
@@ -78,6 +96,14 @@ impl Drop for RequestGuard {
         self.permit.take();
         self.conn.take();
         if let Some(v) = self.variant.map(|v| &self.service.variants[v]) {
+            match self.status {
+                Some(_) if self.cut => {
+                    v.metrics.count(StatusCode::BAD_GATEWAY);
+                    v.metrics.streams_cut.inc();
+                }
+                Some(status) => v.metrics.count(status),
+                None => {}
+            }
             v.metrics.in_flight.dec();
             v.metrics
                 .latency

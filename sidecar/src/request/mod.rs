@@ -207,9 +207,8 @@ fn respond(
     let timeouts = guard.service().timeouts;
     match result {
         Ok(resp) => {
-            if let Some(v) = guard.variant() {
-                v.metrics.count(resp.status());
-            }
+            let mut guard = guard;
+            guard.relaying(resp.status());
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
             detach::header_values(&mut parts.headers);
