@@ -118,6 +118,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         upstream: Upstream::new(opts.connect_timeout),
         ejection: EjectionPolicy::new(opts.eject_after, opts.eject_base, opts.eject_max),
         ewma,
+        body_idle: opts.request_body_timeout,
     });
     let mut proxies = JoinSet::new();
     for (listener, name, direction) in [

@@ -83,6 +83,9 @@ pub struct Options {
     /// PeakEWMA decay time constant.
     #[arg(long, default_value = EWMA_DECAY.as_str(), value_parser = humantime::parse_duration)]
     pub ewma_decay: Duration,
+    /// Longest silence between two chunks of a client's request body; then 408.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_body_timeout: Duration,
     /// Largest request head accepted, in bytes (request line and headers; HTTP/2: the header
     /// list). Larger ones get 431 (HTTP/1.1) or a refused stream (HTTP/2).
     #[arg(long, default_value_t = 64 << 10)]

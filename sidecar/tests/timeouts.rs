@@ -74,3 +74,35 @@ async fn first_byte_and_idle_timeouts() {
         "{m}"
     );
 }
+
+/// A client that stops in the middle of its request body gets 408 after the body timeout, with
+/// and without retries (the body is then read for replay), and the endpoint is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = backend("v1", Mode::Ok).await;
+    for extra in [json!({}), retries(3, &["5xx"], None, 0.2, 10)] {
+        let cfg = config(extra, &[("s", 100, vec![b.addr])]);
+        let s = sidecar_with(&cfg, |o| {
+            o.request_body_timeout = Duration::from_millis(200)
+        })
+        .await;
+        let mut conn = tokio::net::TcpStream::connect(s.sidecar.inbound)
+            .await
+            .unwrap();
+        let t = Instant::now();
+        conn.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: llm\r\nContent-Length: 100\r\n\r\n{\"prompt\":")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with("HTTP/1.1 408") && out.contains("request-body-timeout"),
+            "{out}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        let (_, m) = admin(&s.sidecar, "/metrics").await;
+        assert!(m.contains("class=\"5xx\"} 0\n"), "{m}");
+    }
+}

@@ -24,7 +24,7 @@ use crate::config::table::{Service, Variant};
 use crate::endpoint::Endpoint;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
 use crate::routing::balancer::Tried;
-use crate::upstream::body::{self, Prepared, RequestBody};
+use crate::upstream::body::{self, Prepared, RequestBody, client_fault};
 use crate::upstream::forward::{self, Upstream};
 use crate::upstream::pool::Lent;
 
@@ -44,6 +44,8 @@ pub(crate) struct Attempts<'a> {
     pub(crate) ewma: &'a EwmaPolicy,
     pub(crate) svc: &'a Service,
     pub(crate) variant: &'a Variant,
+    /// Longest silence between two frames of the client's request body.
+    pub(crate) body_idle: Duration,
 }
 
 impl Attempts<'_> {
@@ -62,15 +64,15 @@ impl Attempts<'_> {
         // With retries on, the body is read (≤ 1 MiB) so it can be replayed.
         let (replay, mut once) = if policy.attempts > 1 {
             svc.budget.deposit(Instant::now());
-            match body::prepare(body)
+            match body::prepare(body, self.body_idle)
                 .await
-                .map_err(|e| ProxyError::RequestBody(error_chain(&e)))?
+                .map_err(|e| ProxyError::from(&e))?
             {
                 Prepared::Buffered { data, trailers } => (Some((data, trailers)), None),
                 Prepared::Stream(b) => (None, Some(b)),
             }
         } else {
-            (None, Some(RequestBody::Stream(body)))
+            (None, Some(RequestBody::streamed(body, self.body_idle)))
         };
         let head_timeout = min_opt(policy.per_try_timeout, svc.timeouts.first_byte);
         let mut tried = Tried::default();
@@ -157,8 +159,8 @@ impl Attempts<'_> {
                         Failure::Status(resp, lent)
                     }
                     // Not the endpoint's failure: nothing to retry or to hold against it.
-                    Some(Err(e)) if body::is_client_fault(&e) => {
-                        return Err(ProxyError::RequestBody(error_chain(&e)));
+                    Some(Err(e)) if let Some(fault) = client_fault(&e).map(ProxyError::from) => {
+                        return Err(fault);
                     }
                     Some(Err(e)) => {
                         self.failed(ep, now);

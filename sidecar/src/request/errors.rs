@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
 use super::body::ResponseBody;
+use crate::upstream::body::ClientBodyError;
 
 /// Header naming why the sidecar answered itself.
 pub(crate) const REASON_HEADER: &str = "x-infermesh-reason";
@@ -42,6 +43,17 @@ pub(crate) enum ProxyError {
     Upstream(String),
     #[error("could not read the request body: {0}")]
     RequestBody(String),
+    #[error("the request body stalled for {}s; send it without pauses", .0.as_secs_f64())]
+    RequestBodyTimeout(Duration),
+}
+
+impl From<&ClientBodyError> for ProxyError {
+    fn from(e: &ClientBodyError) -> Self {
+        match e {
+            ClientBodyError::Idle(d) => ProxyError::RequestBodyTimeout(*d),
+            ClientBodyError::Failed(cause) => ProxyError::RequestBody(error_chain(cause)),
+        }
+    }
 }
 
 impl ProxyError {
@@ -54,6 +66,7 @@ impl ProxyError {
             | ProxyError::Malformed(_)
             | ProxyError::Upgrade
             | ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
             ProxyError::NotReady
             | ProxyError::Refused { .. }
@@ -81,6 +94,7 @@ impl ProxyError {
             ProxyError::Connect(_) => Self::CONNECT_REASON,
             ProxyError::Upstream(_) => "upstream-failed",
             ProxyError::RequestBody(_) => "request-body",
+            ProxyError::RequestBodyTimeout(_) => "request-body-timeout",
         }
     }
 

@@ -43,7 +43,7 @@ use self::timeouts::{until, within_opt};
 use crate::config::store::ConfigStore;
 use crate::detach;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
-use crate::upstream::body::{RequestBody, is_client_fault};
+use crate::upstream::body::{RequestBody, client_fault};
 use crate::upstream::forward::{self, ROUTED, Upstream};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,8 @@ pub(crate) struct Proxy {
     pub(crate) upstream: Upstream,
     pub(crate) ejection: EjectionPolicy,
     pub(crate) ewma: EwmaPolicy,
+    /// Longest silence between two frames of a client's request body.
+    pub(crate) body_idle: std::time::Duration,
 }
 
 impl Proxy {
@@ -129,6 +131,7 @@ impl Proxy {
             ewma: &self.ewma,
             svc: &svc,
             variant: &svc.variants[vi],
+            body_idle: self.body_idle,
         };
         let result = until(deadline, attempts.run(head, body, &mut guard)).await;
         respond(result, guard, deadline)
@@ -169,7 +172,7 @@ impl Proxy {
                 svc.protocol,
                 svc.local.authority(),
                 None,
-                RequestBody::Stream(body),
+                RequestBody::streamed(body, self.body_idle),
             );
             let sent = Instant::now();
             match within_opt(
@@ -185,8 +188,8 @@ impl Proxy {
                     guard.hold_conn(lent);
                     Ok(resp)
                 }
-                Some(Err(e)) if is_client_fault(&e) => {
-                    Err(ProxyError::RequestBody(error_chain(&e)))
+                Some(Err(e)) if let Some(fault) = client_fault(&e).map(ProxyError::from) => {
+                    Err(fault)
                 }
                 Some(Err(e)) if e.is_connect() => Err(ProxyError::Connect(error_chain(&e))),
                 Some(Err(e)) => Err(ProxyError::Upstream(error_chain(&e))),
@@ -248,6 +251,7 @@ mod tests {
             upstream: Upstream::new(std::time::Duration::from_secs(1)),
             ejection: EjectionPolicy::default(),
             ewma: EwmaPolicy::default(),
+            body_idle: std::time::Duration::from_secs(30),
         });
         let size =
             future_size(&move |c: Arc<ConnInfo>, r: Request<Incoming>| proxy.clone().handle(c, r));

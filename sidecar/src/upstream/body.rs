@@ -4,32 +4,42 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 /// Largest request body kept for replay; larger bodies stream and are not retried.
 pub(crate) const MAX_REPLAY: usize = 1 << 20;
 
-/// The client's request body failed while it was sent upstream (a malformed chunk, the client
-/// gone midway): the client's fault, which must not count against the upstream.
+/// The client's request body failed while it was read or sent upstream: the client's fault,
+/// which must not count against the upstream.
 #[derive(Debug, thiserror::Error)]
-#[error("the client's request body failed")]
-pub(crate) struct ClientBodyError(#[source] hyper::Error);
+pub(crate) enum ClientBodyError {
+    /// A malformed chunk, the client gone midway.
+    #[error("the client's request body failed")]
+    Failed(#[source] hyper::Error),
+    /// The client sent nothing for this long in the middle of its body.
+    #[error("the client's request body stalled for {0:?}")]
+    Idle(Duration),
+}
 
-/// Whether `e`, or any error it was caused by, is the client's request body failing.
-pub(crate) fn is_client_fault(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The client's request body failing, if that is what `e` is or was caused by.
+pub(crate) fn client_fault<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e ClientBodyError> {
     let mut cur = Some(e);
     while let Some(c) = cur {
-        if c.is::<ClientBodyError>() {
-            return true;
+        if let Some(f) = c.downcast_ref::<ClientBodyError>() {
+            return Some(f);
         }
         cur = c.source();
     }
-    false
+    None
 }
 
 /// A request body as read for retries.
@@ -43,8 +53,12 @@ pub(crate) enum Prepared {
     Stream(RequestBody),
 }
 
-/// Reads a request body for replay, up to [`MAX_REPLAY`].
-pub(crate) async fn prepare(mut body: Incoming) -> Result<Prepared, hyper::Error> {
+/// Reads a request body for replay, up to [`MAX_REPLAY`]; a body silent for `idle` between two
+/// frames is the client's failure.
+pub(crate) async fn prepare(
+    mut body: Incoming,
+    idle: Duration,
+) -> Result<Prepared, ClientBodyError> {
     if body.is_end_stream() {
         return Ok(Prepared::Buffered {
             data: Bytes::new(),
@@ -52,22 +66,31 @@ pub(crate) async fn prepare(mut body: Incoming) -> Result<Prepared, hyper::Error
         });
     }
     if body.size_hint().lower() > MAX_REPLAY as u64 {
-        return Ok(Prepared::Stream(RequestBody::Stream(body)));
+        return Ok(Prepared::Stream(RequestBody::streamed(body, idle)));
     }
     let mut chunks = VecDeque::new();
     let mut len = 0;
     let mut trailers = None;
-    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-        let frame = frame?;
+    loop {
+        let frame = tokio::time::timeout(idle, http_body_util::BodyExt::frame(&mut body))
+            .await
+            .map_err(|_| ClientBodyError::Idle(idle))?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(ClientBodyError::Failed)?;
         match frame.into_data() {
             Ok(d) => {
                 len += d.len();
                 chunks.push_back(d);
                 if len > MAX_REPLAY {
-                    return Ok(Prepared::Stream(RequestBody::Prefixed {
-                        head: Box::new(chunks),
-                        rest: body,
-                    }));
+                    return Ok(Prepared::Stream(RequestBody::Watched(Box::new(Watched {
+                        body: RequestBody::Prefixed {
+                            head: Box::new(chunks),
+                            rest: body,
+                        },
+                        idle,
+                        timer: None,
+                        armed: false,
+                    }))));
                 }
             }
             Err(frame) => {
@@ -104,9 +127,35 @@ pub(crate) enum RequestBody {
         head: Box<VecDeque<Bytes>>,
         rest: Incoming,
     },
+    /// A streamed body whose client may stall: a silence of `idle` between frames ends it.
+    Watched(Box<Watched>),
+}
+
+/// A streamed request body and the timer that bounds the silence between its frames.
+pub(crate) struct Watched {
+    body: RequestBody,
+    idle: Duration,
+    /// Made at the first wait, then reset at each next one.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The timer counts the current wait.
+    armed: bool,
 }
 
 impl RequestBody {
+    /// A client's body sent as it arrives, with at most `idle` of silence between frames. A
+    /// request without a body needs no timer (and most requests have none).
+    pub(crate) fn streamed(body: Incoming, idle: Duration) -> Self {
+        if body.is_end_stream() {
+            return RequestBody::Stream(body);
+        }
+        RequestBody::Watched(Box::new(Watched {
+            body: RequestBody::Stream(body),
+            idle,
+            timer: None,
+            armed: false,
+        }))
+    }
+
     pub(crate) fn replay(data: &Bytes, trailers: &Option<Box<HeaderMap>>) -> Self {
         RequestBody::Replay {
             data: (!data.is_empty()).then(|| data.clone()),
@@ -124,7 +173,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let client = |p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| {
-            p.map(|f| f.map(|r| r.map_err(ClientBodyError)))
+            p.map(|f| f.map(|r| r.map_err(ClientBodyError::Failed)))
         };
         match self.get_mut() {
             RequestBody::Replay { data, trailers } => Poll::Ready(
@@ -138,6 +187,28 @@ impl Body for RequestBody {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => client(Pin::new(rest).poll_frame(cx)),
             },
+            RequestBody::Watched(w) => match Pin::new(&mut w.body).poll_frame(cx) {
+                Poll::Ready(f) => {
+                    // The silence is counted again from the next wait.
+                    w.armed = false;
+                    Poll::Ready(f)
+                }
+                Poll::Pending => {
+                    let idle = w.idle;
+                    let timer = match &mut w.timer {
+                        Some(t) => {
+                            if !w.armed {
+                                t.as_mut().reset(tokio::time::Instant::now() + idle);
+                            }
+                            t
+                        }
+                        None => w.timer.insert(Box::pin(tokio::time::sleep(idle))),
+                    };
+                    w.armed = true;
+                    ready!(timer.as_mut().poll(cx));
+                    Poll::Ready(Some(Err(ClientBodyError::Idle(idle))))
+                }
+            },
         }
     }
 
@@ -146,6 +217,7 @@ impl Body for RequestBody {
             RequestBody::Replay { data, trailers } => data.is_none() && trailers.is_none(),
             RequestBody::Stream(b) => b.is_end_stream(),
             RequestBody::Prefixed { head, rest } => head.is_empty() && rest.is_end_stream(),
+            RequestBody::Watched(w) => w.body.is_end_stream(),
         }
     }
 
@@ -165,6 +237,7 @@ impl Body for RequestBody {
                 }
                 h
             }
+            RequestBody::Watched(w) => w.body.size_hint(),
         }
     }
 }
