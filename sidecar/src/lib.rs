@@ -67,7 +67,10 @@ pub struct Sidecar {
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
     admin_state: Arc<Admin>,
+    /// Stops the proxy listeners (the drain starts).
     shutdown: watch::Sender<bool>,
+    /// Stops the admin listener, once the drain is over: `/ready` says draining until then.
+    admin_stop: watch::Sender<bool>,
     proxies: JoinSet<()>,
     background: JoinSet<()>,
 }
@@ -100,6 +103,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
     };
     let store = Arc::new(ConfigStore::new(metrics, opts.pod_ip, ewma));
     let (shutdown, rx) = watch::channel(false);
+    let (admin_stop, admin_rx) = watch::channel(false);
     let mut background = JoinSet::new();
     if let Some(path) = opts.config_file.clone() {
         source::load_file(&path, &store);
@@ -158,7 +162,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
             "admin",
             opts.max_header_bytes,
             make,
-            rx.clone(),
+            admin_rx,
         ));
     }
     admin_state.listeners_up.store(true, Ordering::Release);
@@ -169,6 +173,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         admin: admin_addr,
         admin_state,
         shutdown,
+        admin_stop,
         proxies,
         background,
     })
@@ -176,7 +181,9 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
 
 impl Sidecar {
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then stops everything.
-    /// Returns true when every request finished within the grace period.
+    /// The admin port serves throughout, `/ready` answering 503 "draining", so probes and
+    /// metrics see the drain; it stops last. Returns true when every request finished within
+    /// the grace period.
     pub async fn shutdown(mut self, drain: Duration) -> bool {
         self.admin_state.draining.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
@@ -192,6 +199,7 @@ impl Sidecar {
             );
         }
         self.proxies.abort_all();
+        let _ = self.admin_stop.send(true);
         self.background.abort_all();
         drained
     }
