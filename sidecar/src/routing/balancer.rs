@@ -2,6 +2,10 @@
 //! PeakEWMA (P2C over latency × load), round robin, or consistent hash on a header. Endpoints already tried by this
 //! request, ejected, held by `Retry-After` or at their concurrency limit are avoided while others
 //! remain; if none remain the least-bad one is used rather than failing outright.
+//!
+//! Fairness: an endpoint that is passed over (ejected, held, tried) leaves its share to all the
+//! endpoints that qualify, drawn uniformly ([`uniform`]), never to its successor in the list; and
+//! a retry takes no turn of the round-robin rotation, so first tries keep cycling over all.
 
 use std::sync::atomic::AtomicUsize;
 
@@ -41,6 +45,9 @@ impl Tried {
     pub(crate) fn contains(&self, i: usize) -> bool {
         i < 64 && self.0 & (1 << i) != 0
     }
+    fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// How picky a scan is; relaxed step by step until an endpoint qualifies.
@@ -74,19 +81,26 @@ fn eligible(e: &Endpoint, i: usize, tried: Tried, level: Level, now: Instant) ->
     level == Level::Available || e.limiter.as_ref().is_none_or(|l| l.has_capacity())
 }
 
-/// First eligible endpoint at or after `start` (wrapping), other than `skip`.
-fn scan(
+/// `first` if it is eligible (other than `skip`), else an eligible endpoint drawn uniformly. With
+/// `first` itself uniform, the result is uniform over the eligible endpoints: the common case
+/// (nothing passed over) costs one check, and no endpoint inherits another's share.
+fn uniform(
     eps: &[Endpoint],
-    start: usize,
+    first: usize,
     skip: Option<usize>,
     tried: Tried,
     level: Level,
     now: Instant,
 ) -> Option<usize> {
-    let n = eps.len();
-    (0..n)
-        .map(|k| (start + k) % n)
-        .find(|&i| Some(i) != skip && eligible(&eps[i], i, tried, level, now))
+    let ok = |i: usize| Some(i) != skip && eligible(&eps[i], i, tried, level, now);
+    if ok(first) {
+        return Some(first);
+    }
+    let count = (0..eps.len()).filter(|&i| ok(i)).count();
+    if count == 0 {
+        return None;
+    }
+    (0..eps.len()).filter(|&i| ok(i)).nth(random_below(count))
 }
 
 impl Balancer {
@@ -140,10 +154,18 @@ impl Balancer {
                 .iter()
                 .find_map(|l| self.ring_pick(eps, stable_hash(h.as_bytes()), tried, *l, now));
         }
+        if policy == LoadBalancingPolicy::RoundRobin {
+            // The rotation's turn is taken once per request, by its first try; a retry draws.
+            let turn = if tried.is_empty() {
+                next(&self.rr) % eps.len()
+            } else {
+                random_below(eps.len())
+            };
+            return LEVELS
+                .iter()
+                .find_map(|&level| uniform(eps, turn, None, tried, level, now));
+        }
         LEVELS.iter().find_map(|&level| match policy {
-            LoadBalancingPolicy::RoundRobin => {
-                scan(eps, next(&self.rr) % eps.len(), None, tried, level, now)
-            }
             LoadBalancingPolicy::PeakEwma => p2c(eps, tried, level, now, |e| e.state.ewma_cost()),
             // Least request; also ConsistentHash when the request lacks the header.
             _ => p2c(eps, tried, level, now, |e| f64::from(e.state.in_flight())),
@@ -179,10 +201,10 @@ fn p2c(
     cost: impl Fn(&Endpoint) -> f64,
 ) -> Option<usize> {
     let n = eps.len();
-    let a = scan(eps, random_below(n), None, tried, level, now)?;
-    // Start the second draw uniformly among the others, so `a`'s successor is not favoured.
-    let start = (a + 1 + random_below(n - 1)) % n;
-    let Some(b) = scan(eps, start, Some(a), tried, level, now) else {
+    let a = uniform(eps, random_below(n), None, tried, level, now)?;
+    // The second draw is uniform among the others.
+    let other = (a + 1 + random_below(n - 1)) % n;
+    let Some(b) = uniform(eps, other, Some(a), tried, level, now) else {
         return Some(a);
     };
     if cost(&eps[b]) < cost(&eps[a]) {

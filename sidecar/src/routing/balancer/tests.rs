@@ -104,3 +104,48 @@ async fn avoids_tried_and_ejected_endpoints_but_never_returns_nothing() {
     tried.add(1);
     let _ = pick(&s, &h, tried); // all tried: still an answer
 }
+
+/// First picks out of `n` requests, by endpoint.
+fn first_picks(s: &(Balancer, Vec<Endpoint>), n: usize, retry: bool) -> Vec<u32> {
+    let h = HeaderMap::new();
+    let mut counts = vec![0u32; s.1.len()];
+    for _ in 0..n {
+        let first = pick(s, &h, Tried::default());
+        counts[first] += 1;
+        if retry {
+            let mut tried = Tried::default();
+            tried.add(first);
+            let _ = pick(s, &h, tried);
+        }
+    }
+    counts
+}
+
+/// A retry takes no turn of the rotation: first tries keep cycling over every endpoint, so a
+/// slow endpoint that makes every request retry does not get every first try.
+#[tokio::test]
+async fn round_robin_retries_do_not_skew_first_tries() {
+    let s = variant(LoadBalancingPolicy::RoundRobin, 2);
+    assert_eq!(first_picks(&s, 100, true), [50, 50]);
+}
+
+/// An endpoint out of rotation leaves its share to all the others, not to its successor in the
+/// list (which would get twice the load of the rest).
+#[tokio::test]
+async fn an_ejected_endpoints_share_spreads_over_the_rest() {
+    for policy in [
+        LoadBalancingPolicy::RoundRobin,
+        LoadBalancingPolicy::LeastRequest,
+    ] {
+        let s = variant(policy, 4);
+        s.1[1]
+            .state
+            .hold_for(Instant::now(), Duration::from_secs(60));
+        let c = first_picks(&s, 6000, false);
+        assert_eq!(c[1], 0, "{policy:?} {c:?}");
+        // 2000 each expected; the successor got 3000 before.
+        for i in [0, 2, 3] {
+            assert!(c[i].abs_diff(2000) <= 200, "{policy:?} {c:?}");
+        }
+    }
+}
