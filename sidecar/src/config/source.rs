@@ -83,6 +83,12 @@ fn mesh_document(cm: &ConfigMap) -> Option<&str> {
 
 /// Watches the namespace's mesh ConfigMap until shutdown. Watch errors back off and retry (kube's
 /// default backoff); a deleted ConfigMap leaves the last config in force.
+///
+/// A namespace can have injected pods before it has any ModelService: then there is no ConfigMap
+/// yet, and the pod's service account is not yet allowed to read one (the operator grants that
+/// with the namespace's first ModelService). Either way, with nothing loaded, the sidecar serves
+/// an empty config (every request answered `unknown-service`) and becomes ready, so the pod
+/// starts; the watch goes on and picks the config up once it exists.
 pub(crate) async fn watch_configmap(
     namespace: String,
     store: Arc<ConfigStore>,
@@ -105,6 +111,8 @@ pub(crate) async fn watch_configmap(
     let events = watcher(api, cfg).default_backoff();
     futures::pin_mut!(events);
     let source = format!("configmap {namespace}/{CONFIG_MAP_NAME}");
+    // Whether the current (re)list found the ConfigMap.
+    let mut listed = false;
     loop {
         let ev = tokio::select! {
             ev = events.next() => ev,
@@ -112,7 +120,16 @@ pub(crate) async fn watch_configmap(
         };
         match ev {
             None => return,
+            Some(Ok(watcher::Event::Init)) => listed = false,
+            Some(Ok(watcher::Event::InitDone)) if !listed => {
+                serve_empty(
+                    &store,
+                    &source,
+                    "there is no mesh ConfigMap in this namespace yet",
+                );
+            }
             Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
+                listed = true;
                 match mesh_document(&cm) {
                     Some(json) => {
                         let _ = store.apply_json(json.as_bytes(), &source);
@@ -127,10 +144,37 @@ pub(crate) async fn watch_configmap(
                 tracing::warn!(%source, "the mesh ConfigMap was deleted; keeping the last good config");
             }
             Some(Ok(_)) => {}
+            Some(Err(e)) if is_forbidden(&e) => {
+                serve_empty(
+                    &store,
+                    &source,
+                    "this pod's service account may not read it yet (granted with the namespace's first ModelService)",
+                );
+            }
             Some(Err(e)) => {
                 tracing::warn!(%source, error = %e, "mesh config watch failed; retrying with backoff");
             }
         }
+    }
+}
+
+/// Serves the empty config when nothing is loaded yet (see [`watch_configmap`]).
+fn serve_empty(store: &ConfigStore, source: &str, why: &str) {
+    if store.is_loaded() {
+        return;
+    }
+    tracing::info!(%source, why, "no mesh config to read: serving with no ModelService until one appears");
+    let _ = store.apply_json(br#"{"services":[]}"#, source);
+}
+
+/// The API server refused the read (403).
+fn is_forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::WatchError(s) => s.is_forbidden(),
+        _ => false,
     }
 }
 
@@ -145,6 +189,47 @@ mod tests {
         cm.metadata.name = Some(name.into());
         cm.data = Some([(key.to_string(), json.to_string())].into());
         cm
+    }
+
+    #[test]
+    fn only_a_403_counts_as_not_allowed_to_read() {
+        // As the API server writes them.
+        let status = |code: u16| {
+            Box::new(kube::core::Status {
+                code,
+                reason: if code == 403 {
+                    "Forbidden"
+                } else {
+                    "InternalError"
+                }
+                .into(),
+                ..Default::default()
+            })
+        };
+        assert!(is_forbidden(&watcher::Error::InitialListFailed(
+            kube::Error::Api(status(403))
+        )));
+        assert!(is_forbidden(&watcher::Error::WatchError(status(403))));
+        assert!(!is_forbidden(&watcher::Error::InitialListFailed(
+            kube::Error::Api(status(500))
+        )));
+        assert!(!is_forbidden(&watcher::Error::NoResourceVersion));
+    }
+
+    #[tokio::test]
+    async fn nothing_to_read_serves_an_empty_config_once_and_never_over_a_real_one() {
+        let store = ConfigStore::new(Arc::new(Metrics::new()), None, EwmaPolicy::default());
+        serve_empty(&store, "test", "none yet");
+        assert!(store.is_loaded(), "ready with no ModelService");
+        assert!(store.current().services.is_empty());
+        let doc = r#"{"revision":"r1","services":[{"name":"llm","port":1,"variants":[{"name":"v","weight":1}]}]}"#;
+        store.apply_json(doc.as_bytes(), "test").unwrap();
+        serve_empty(&store, "test", "a 403 later");
+        assert_eq!(
+            store.current().revision,
+            "r1",
+            "a real config is never replaced"
+        );
     }
 
     #[test]
