@@ -173,6 +173,40 @@ fn wait_propagated(ns: &str) -> Result<String, String> {
     .ok_or_else(|| format!("config not propagated within 60s: {last}"))
 }
 
+/// Kills (SIGKILL) the model server process of the pod with this uid, found on this machine (the
+/// local cluster's node) by its cgroup; returns its pid.
+fn kill_model_process(pod_uid: &str) -> Result<i32, String> {
+    let underscored = pod_uid.replace('-', "_");
+    let procs = std::fs::read_dir("/proc").map_err(|e| e.to_string())?;
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("infermesh-model-server") {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if cgroup.contains(pod_uid) || cgroup.contains(&underscored) {
+            let out = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .output()
+                .map_err(|e| e.to_string())?;
+            return if out.status.success() {
+                Ok(pid)
+            } else {
+                Err(format!(
+                    "kill -9 {pid}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            };
+        }
+    }
+    Err(format!(
+        "no infermesh-model-server process of pod {pod_uid} on this machine (is the cluster local?)"
+    ))
+}
+
 /// Runs a load from the toolbox pod; returns the parsed summary.
 fn load(ns: &str, args: &[&str]) -> Result<Value, String> {
     let (ok, out) = client_exec(ns, "toolbox", "toolbox", args);
@@ -440,6 +474,57 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
         "client-visible errors while a pod was killed: {s}"
     );
     assert_eq!(s["total"], 30000);
+
+    // Inference is POSTs: the model process of a v1 pod is killed (SIGKILL, from the node) under
+    // a POST load. Calls that reach the dead model fail at its sidecar before any byte reached a
+    // model (502 upstream-unreachable) or are cut mid-request; the example turns
+    // retryNonIdempotent on, so the client sees neither.
+    let victim = pods(n, "app=llm,version=v1")
+        .into_iter()
+        .find(is_ready)
+        .ok_or("no ready v1 pod")?;
+    let uid = victim["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut child = client_spawn(
+        n,
+        "toolbox",
+        "toolbox",
+        &[
+            "load",
+            "http://127.0.0.1:15001/v1/completions",
+            "-H",
+            "Host: llm",
+            "--body",
+            r#"{"prompt":"hello mesh","max_tokens":2}"#,
+            "--requests=1500",
+            "--concurrency=4",
+            "--timeout-secs=120",
+            "--allow-errors",
+        ],
+    )
+    .map_err(|e| format!("starting kubectl exec: {e}"))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = kill_model_process(&uid)?;
+    let still_running = child.try_wait().map_err(|e| e.to_string())?.is_none();
+    let status = wait_for(Duration::from_secs(150), || child.try_wait().ok().flatten());
+    let Some(_status) = status else {
+        let _ = child.kill();
+        return Err("the POST load under a kill -9 did not finish within 150s".into());
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    let s = load_summary(&out).ok_or_else(|| format!("no load summary in: {out}"))?;
+    println!(
+        "POST load while pid {killed} of {} was killed: {s}",
+        name(&victim)
+    );
+    assert!(still_running, "the POST load ended before the kill: {s}");
+    assert_eq!(s["errors"], 0, "client-visible errors after a kill -9: {s}");
+    assert_eq!(s["total"], 1500);
 
     // Streaming through two sidecars: toolbox sidecar (outbound) -> model pod's sidecar -> model.
     let (ok, out) = client_exec(
