@@ -19,6 +19,8 @@ fn observe<'a>(resolved: &'a [ResolvedVariant], rev: &str) -> Observation<'a> {
             at: t(100),
         }),
         clashes: &[],
+        refusal: None,
+        overlaps: &[],
     }
 }
 
