@@ -7,7 +7,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
 };
 
 use infermesh_crds::mesh::{MeshConfig, ServiceConfig};
@@ -97,16 +97,18 @@ pub fn screen(
         .iter()
         .map(|(n, e)| (n.clone(), json_len(e)))
         .collect();
+    // New or changed since the last publication.
+    let mut changed: BTreeSet<String> = carried
+        .iter()
+        .filter(|(n, e)| previous.get(*n) != Some(*e))
+        .map(|(n, _)| n.clone())
+        .collect();
     while config_len(&sizes) > cap {
-        let largest = |changed_only: bool| {
-            carried
-                .iter()
-                .filter(|(n, e)| !changed_only || previous.get(*n) != Some(*e))
-                .map(|(n, _)| n)
-                .max_by_key(|n| (sizes[*n], Reverse(*n)))
-                .cloned()
+        let largest = |among: &mut dyn Iterator<Item = &String>| {
+            among.max_by_key(|n| (sizes[*n], Reverse(*n))).cloned()
         };
-        if let Some(name) = largest(true) {
+        if let Some(name) = largest(&mut changed.iter()) {
+            changed.remove(&name);
             let bytes = sizes[&name];
             let last = last_valid(&name);
             let kept = last.is_some();
@@ -121,7 +123,7 @@ pub fn screen(
                 }
             }
             refused.insert(name, Refusal::TooLarge { bytes, cap, kept });
-        } else if let Some(name) = largest(false) {
+        } else if let Some(name) = largest(&mut sizes.keys()) {
             let bytes = sizes.remove(&name).unwrap_or_default();
             carried.remove(&name);
             match refused.get_mut(&name) {
