@@ -2,6 +2,9 @@
 //! namespace's mesh config, the fronting Service and the reader RBAC (server-side apply), writes the
 //! status, records events on transitions, and cleans up behind a finalizer. It writes and deletes
 //! only what it made (`ownership`): a name held by someone else's object is a clash on the status.
+//! The config carries only the entries `screening` lets through (valid, under the size cap; a
+//! refused one keeps its last valid entry), and a refusal or an `overlap` of selectors is reported
+//! on the ModelService concerned alone.
 //!
 //! This file is the contract — [`Context`], `reconcile` (the finalizer dispatching to `apply` and
 //! `cleanup`), `error_policy` and [`run`]. Below it: `publication` (what was published in each
