@@ -26,8 +26,10 @@ mod error;
 mod fixtures;
 mod lease;
 mod metrics;
+mod overlap;
 mod ownership;
 mod resources;
+mod screening;
 mod status;
 
 #[derive(Parser, Debug)]

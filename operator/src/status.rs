@@ -1,13 +1,16 @@
 //! Status computation: from what a reconcile observed, the ModelService's status (conditions
 //! Ready / ConfigGenerated / EndpointsAvailable, per-variant weights and endpoints, revision) and
-//! the events worth telling a person (only on transitions). A name clash (an object of someone
-//! else's under a name the operator writes) comes before everything else in `Ready`: it is what
-//! the user must fix first.
+//! the events worth telling a person (only on transitions). `Ready` gives the first problem in the
+//! order a person must act on them: a name clash (an object of someone else's under a name the
+//! operator writes), a spec the mesh refuses (`InvalidSpec`), an entry that does not fit in the
+//! namespace's config (`ConfigTooLarge`), selectors reaching another ModelService's pods
+//! (`OverlappingSelector`), then endpoints. Each of the first four is a Warning event once per
+//! distinct message.
 
 use infermesh_crds::{ModelServiceSpec, ModelServiceStatus, model_service::VariantStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::{endpoints::ResolvedVariant, ownership::Clash};
+use crate::{endpoints::ResolvedVariant, overlap::Overlap, ownership::Clash, screening::Refusal};
 
 pub const READY: &str = "Ready";
 pub const CONFIG_GENERATED: &str = "ConfigGenerated";
@@ -15,6 +18,20 @@ pub const ENDPOINTS_AVAILABLE: &str = "EndpointsAvailable";
 /// Reason of `Ready=False` (and of the Warning event) when a name the operator writes is held by
 /// an object it did not create.
 pub const NAME_CLASH: &str = "NameClash";
+/// Reason when the generated config entry breaks a rule of the mesh contract (e.g. a header regex
+/// that does not compile).
+pub const INVALID_SPEC: &str = "InvalidSpec";
+/// Reason when the entry does not fit in the namespace's config.
+pub const CONFIG_TOO_LARGE: &str = "ConfigTooLarge";
+/// Reason when a variant selects pods of another ModelService, or pods another one selects too.
+pub const OVERLAPPING_SELECTOR: &str = "OverlappingSelector";
+/// The `Ready=False` reasons told as a Warning event whenever their message changes.
+const WARNED: [&str; 4] = [
+    NAME_CLASH,
+    INVALID_SPEC,
+    CONFIG_TOO_LARGE,
+    OVERLAPPING_SELECTOR,
+];
 
 /// The published config entry of a ModelService: the revision of the config that carried its
 /// last change, and when.
@@ -30,10 +47,42 @@ pub struct Observation<'a> {
     pub generation: Option<i64>,
     pub resolved: &'a [ResolvedVariant],
     /// This ModelService's entry in the namespace's mesh config; `None` when a name clash kept
-    /// the config from being written (the status then keeps the revision it had).
+    /// the config from being written (the status then keeps the revision it had), or when the
+    /// config carries no entry of it (`refusal` says why; the status then has no revision).
     pub entry: Option<Entry>,
     /// Objects the operator left alone because someone else's object holds their name.
     pub clashes: &'a [Clash],
+    /// Why the config does not carry this ModelService's generated entry, if it does not.
+    pub refusal: Option<&'a Refusal>,
+    /// Pods its variants select that another ModelService has too.
+    pub overlaps: &'a [Overlap],
+}
+
+/// What the user reads about a refusal: what failed, what to do, and what is in force meanwhile.
+fn refusal_message(refusal: &Refusal, entry: Option<&Entry>) -> (&'static str, String) {
+    let in_force = match entry {
+        Some(e) if refusal.kept() => format!(
+            "the last valid config of this ModelService (mesh config revision {}) stays in force",
+            e.revision
+        ),
+        _ => "it has no entry in the mesh config, so the mesh does not serve it".to_string(),
+    };
+    match refusal {
+        Refusal::InvalidSpec { error, .. } => (
+            INVALID_SPEC,
+            format!("the mesh refuses this spec: {error}; fix the spec; until then {in_force}"),
+        ),
+        Refusal::TooLarge { bytes, cap, .. } => (
+            CONFIG_TOO_LARGE,
+            format!(
+                "this ModelService's mesh config entry ({bytes} bytes) does not fit: ConfigMap {} \
+                 must stay under {cap} bytes of JSON (the API server's 1 MiB object limit less a \
+                 margin); use fewer endpoints or routes, or move ModelServices to another \
+                 namespace; until then {in_force}",
+                infermesh_crds::mesh::CONFIG_MAP_NAME
+            ),
+        ),
+    }
 }
 
 /// A Kubernetes Event to publish.
@@ -70,8 +119,11 @@ pub fn compute_status(
         .map(|v| v.name.as_str())
         .collect();
 
-    let config = match &obs.entry {
-        Some(entry) => (
+    let refused = obs.refusal.map(|r| refusal_message(r, obs.entry.as_ref()));
+    let blocked = obs.clashes.iter().any(Clash::blocks_config);
+    let config = match (&obs.entry, &refused) {
+        (_, Some((reason, message))) if !blocked => ("False", *reason, message.clone()),
+        (Some(entry), _) => (
             "True",
             "Published",
             format!(
@@ -80,7 +132,7 @@ pub fn compute_status(
                 infermesh_crds::mesh::CONFIG_MAP_NAME
             ),
         ),
-        None => {
+        (None, _) => {
             let blocking: Vec<String> = obs
                 .clashes
                 .iter()
@@ -90,11 +142,14 @@ pub fn compute_status(
             ("False", NAME_CLASH, blocking.join("; "))
         }
     };
+    // Carried by no config (refused and not kept): no revision to report.
+    let dropped = obs.entry.is_none() && obs.refusal.is_some();
     let revision = obs
         .entry
         .as_ref()
         .map(|e| e.revision.clone())
-        .or_else(|| prev.and_then(|p| p.revision.clone()));
+        .or_else(|| prev.and_then(|p| p.revision.clone()))
+        .filter(|_| !dropped);
     let endpoints = if !invalid.is_empty() {
         ("False", "InvalidSelector", invalid.join("; "))
     } else if !empty.is_empty() {
@@ -119,6 +174,11 @@ pub fn compute_status(
     let ready = if !obs.clashes.is_empty() {
         let messages: Vec<String> = obs.clashes.iter().map(Clash::message).collect();
         ("False", NAME_CLASH, messages.join("; "))
+    } else if let Some((reason, message)) = refused {
+        ("False", reason, message)
+    } else if !obs.overlaps.is_empty() {
+        let messages: Vec<String> = obs.overlaps.iter().map(Overlap::message).collect();
+        ("False", OVERLAPPING_SELECTOR, messages.join("; "))
     } else if endpoints.0 == "True" {
         (
             "True",
@@ -172,7 +232,8 @@ pub fn compute_status(
             .entry
             .as_ref()
             .map(|e| e.at.clone())
-            .or_else(|| prev.and_then(|p| p.config_published_at.clone())),
+            .or_else(|| prev.and_then(|p| p.config_published_at.clone()))
+            .filter(|_| !dropped),
     }
 }
 
@@ -184,7 +245,7 @@ pub fn notices(
     resolved: &[ResolvedVariant],
 ) -> Vec<Notice> {
     let mut out = vec![];
-    if prev.and_then(|p| p.revision.as_ref()) != next.revision.as_ref() {
+    if next.revision.is_some() && prev.and_then(|p| p.revision.as_ref()) != next.revision.as_ref() {
         out.push(Notice {
             warning: false,
             reason: "ConfigRegenerated",
@@ -231,12 +292,12 @@ pub fn notices(
             .map(|c| (c.reason.clone(), c.message.clone()))
     };
     if let Some((reason, message)) = ready_of(Some(next))
-        && reason == NAME_CLASH
+        && let Some(warned) = WARNED.into_iter().find(|w| *w == reason)
         && ready_of(prev) != Some((reason, message.clone()))
     {
         out.push(Notice {
             warning: true,
-            reason: NAME_CLASH,
+            reason: warned,
             note: message,
         });
     }

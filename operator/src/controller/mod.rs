@@ -2,6 +2,9 @@
 //! namespace's mesh config, the fronting Service and the reader RBAC (server-side apply), writes the
 //! status, records events on transitions, and cleans up behind a finalizer. It writes and deletes
 //! only what it made (`ownership`): a name held by someone else's object is a clash on the status.
+//! The config carries only the entries `screening` lets through (valid, under the size cap; a
+//! refused one keeps its last valid entry), and a refusal or an `overlap` of selectors is reported
+//! on the ModelService concerned alone.
 //!
 //! This file is the contract — [`Context`], `reconcile` (the finalizer dispatching to `apply` and
 //! `cleanup`), `error_policy` and [`run`]. Below it: `publication` (what was published in each
@@ -14,10 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{StreamExt, channel::mpsc};
 use infermesh_crds::{
     ModelService,
-    mesh::{CONFIG_MAP_NAME, MeshConfig, ServiceConfig},
+    mesh::{CONFIG_MAP_NAME, ServiceConfig},
 };
 use k8s_openapi::{
     api::{
@@ -33,7 +36,7 @@ use kube::{
         controller::{Action, Config as ControllerConfig, Controller},
         events::Recorder,
         finalizer::{Event as Finalizer, finalizer},
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
     },
 };
 
@@ -42,8 +45,10 @@ use crate::{
     endpoints::resolve,
     error::Error,
     metrics::Metrics,
+    overlap,
     ownership::{self, Claim, Clash},
     resources,
+    screening::Screened,
     status::{self, Observation},
 };
 
@@ -54,8 +59,8 @@ mod watches;
 mod writes;
 
 use publication::{Namespace, Publications, Published};
-use watches::EndpointIndex;
 pub use watches::Scope;
+use watches::{EndpointIndex, OverlapIndex};
 
 /// Finalizer that keeps a deleted ModelService until its config entry and Service are gone.
 pub const FINALIZER: &str = "infermesh.io/cleanup";
@@ -72,6 +77,9 @@ pub struct Context {
     publications: Publications,
     backoff: std::sync::Mutex<Backoff>,
     listed: EndpointIndex,
+    overlapping: OverlapIndex,
+    /// Wakes other ModelServices (an overlap appeared or went on this side).
+    wake: mpsc::UnboundedSender<ObjectRef<ModelService>>,
 }
 
 impl Context {
@@ -81,8 +89,11 @@ impl Context {
         metrics: Arc<Metrics>,
         pods: Store<Pod>,
         services: Store<ModelService>,
+        wake: mpsc::UnboundedSender<ObjectRef<ModelService>>,
     ) -> Self {
         Self {
+            overlapping: OverlapIndex::default(),
+            wake,
             client,
             recorder,
             metrics,
@@ -112,6 +123,14 @@ impl Context {
     fn namespace_pods(&self, ns: &str) -> Vec<Arc<Pod>> {
         self.pods
             .state_filter(|p| p.namespace().as_deref() == Some(ns))
+    }
+
+    /// Reconciles the ModelServices `names` of `ns` soon (they are queued like any trigger).
+    fn wake(&self, ns: &str, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            // The receiver is gone only when the controller stopped.
+            let _ = self.wake.unbounded_send(ObjectRef::new(&name).within(ns));
+        }
     }
 }
 
@@ -154,8 +173,9 @@ async fn wait_for_pods(ctx: &Context) -> Result<(), Error> {
 
 /// What a publication of a namespace's mesh config came to.
 enum Publication {
-    /// The config was written, or found written recently; with the entries published before it.
-    Current(MeshConfig, HashMap<String, ServiceConfig>),
+    /// The config was written, or found written recently, with what it refused; and the entries
+    /// published before it.
+    Current(Screened, HashMap<String, ServiceConfig>),
     /// Someone else's objects hold names the config needs: nothing was written.
     Blocked(Vec<Clash>),
 }
@@ -171,13 +191,16 @@ async fn publish(
     members: &[Arc<ModelService>],
     published: &mut Published,
 ) -> Result<Publication, Error> {
-    let config = publication::desired(ns, members, &ctx.namespace_pods(ns));
+    let pods = ctx.namespace_pods(ns);
     let known = published.previous_entries();
     let republish = namespace.take_republish();
-    if let Some(previous) = &known
-        && published.is_fresh(&config, republish, Instant::now())
+    let screened = known
+        .as_ref()
+        .map(|previous| publication::desired(ns, members, &pods, previous));
+    if let (Some(previous), Some(screened)) = (&known, &screened)
+        && published.is_fresh(&screened.config, republish, Instant::now())
     {
-        return Ok(Publication::Current(config, previous.clone()));
+        return Ok(Publication::Current(screened.clone(), previous.clone()));
     }
     published.expire();
     let found = writes::read_published(&ctx.client, ns).await?;
@@ -187,13 +210,15 @@ async fn publish(
         return Ok(Publication::Blocked(clashes));
     }
     let previous = known.unwrap_or_else(|| publication::entries_of(found.config_map));
+    let screened = screened.unwrap_or_else(|| publication::desired(ns, members, &pods, &previous));
+    let config = &screened.config;
     let owners: Vec<&ModelService> = members.iter().map(|m| m.as_ref()).collect();
-    writes::apply_published(&ctx.client, ns, &config, &owners).await?;
-    if published.written(&config, Instant::now()) {
-        tracing::info!(namespace = ns, revision = %config.revision, services = config.services.len(), "mesh config published");
+    writes::apply_published(&ctx.client, ns, config, &owners).await?;
+    if published.written(config, Instant::now()) {
+        tracing::info!(namespace = ns, revision = %config.revision, services = config.services.len(), refused = ?screened.refused.keys().collect::<Vec<_>>(), "mesh config published");
     }
     published.current(config.clone());
-    Ok(Publication::Current(config, previous))
+    Ok(Publication::Current(screened, previous))
 }
 
 async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
@@ -201,7 +226,14 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     let ns = ms.namespace().ok_or(Error::MissingNamespace)?;
     let name = ms.name_any();
     let pods = ctx.namespace_pods(&ns);
-    let resolved = resolve(&ms.spec, &ns, pods.iter().map(|p| p.as_ref()));
+    let mut neighbours = ctx.members(&ns, ms.uid().as_deref());
+    neighbours.push(Arc::new(ms.clone()));
+    let names = overlap::names(&neighbours);
+    let own = overlap::own_pods(&name, &names, pods.iter().map(|p| p.as_ref()));
+    let resolved = resolve(&ms.spec, &ns, own);
+    let overlaps = overlap::overlaps(ms, &neighbours, &pods);
+    let others = overlaps.iter().map(|o| o.other.clone()).collect();
+    ctx.wake(&ns, ctx.overlapping.set(&ns, &name, others));
     ctx.listed.set(
         key(ms),
         resolved
@@ -214,19 +246,26 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     // equal the status read back, and an unchanged status would be rewritten at every reconcile.
     let now = Timestamp::now();
     let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
-    let (stamp, mut clashes) = {
+    let (stamp, mut clashes, refusal) = {
         let namespace = ctx.publications.namespace(&ns);
         let mut published = namespace.published.lock().await;
         let mut members = ctx.members(&ns, ms.uid().as_deref());
         members.push(Arc::new(ms.clone()));
         match publish(ctx, &ns, &namespace, &members, &mut published).await? {
-            Publication::Current(config, previous) => {
-                let changed = publication::entry_changed(&previous, &config, &name);
-                let stamp =
-                    published.stamp(&name, changed, ms.status.as_ref(), &config.revision, &now);
-                (Some(stamp), vec![])
+            Publication::Current(Screened { config, refused }, previous) => {
+                let refusal = refused.get(&name).cloned();
+                if config.services.iter().any(|s| s.name == name) {
+                    let changed = publication::entry_changed(&previous, &config, &name);
+                    let prev = ms.status.as_ref();
+                    let stamp = published.stamp(&name, changed, prev, &config.revision, &now);
+                    (Some(stamp), vec![], refusal)
+                } else {
+                    // Not carried (refused, never valid): a later entry gets a new stamp.
+                    published.forget(&name);
+                    (None, vec![], refusal)
+                }
             }
-            Publication::Blocked(clashes) => (None, clashes),
+            Publication::Blocked(clashes) => (None, clashes, None),
         }
     };
 
@@ -250,6 +289,8 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
             at: s.at,
         }),
         clashes: &clashes,
+        refusal: refusal.as_ref(),
+        overlaps: &overlaps,
     };
     let prev = ms.status.as_ref();
     let next = status::compute_status(&ms.spec, prev, &obs, &now);
@@ -337,6 +378,7 @@ async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
         _ => format!("removed {name} from the mesh config; its Service was already gone"),
     };
     ctx.listed.set(key(ms), HashSet::new());
+    ctx.wake(&ns, ctx.overlapping.remove(&ns, &name));
     writes::publish_event(&ctx.recorder, ms, false, "Cleanup", note, "Delete").await;
     Ok(Action::await_change())
 }
@@ -358,6 +400,7 @@ pub async fn run(
     let roles = watches::deletions::<Role>(&client, &scope, reader.clone());
     let bindings = watches::deletions::<RoleBinding>(&client, &scope, reader);
     let gone_services = watches::deletions::<Service>(&client, &scope, Default::default());
+    let (wake, woken) = mpsc::unbounded();
     let owned = watches::api_for::<Service>(&client, &scope);
 
     let ctx = Arc::new(Context::new(
@@ -366,6 +409,7 @@ pub async fn run(
         metrics,
         pods,
         services.clone(),
+        wake,
     ));
     let pod_mapper = watches::pod_to_model_services(services.clone(), ctx.listed.clone());
     let services_for_names = services.clone();
@@ -377,6 +421,7 @@ pub async fn run(
         .watches_stream(roles, watches::republish(ctx.clone()))
         .watches_stream(bindings, watches::republish(ctx.clone()))
         .watches_stream(gone_services, watches::same_name(services_for_names))
+        .reconcile_on(woken)
         .with_config(
             ControllerConfig::default()
                 .concurrency(scope.concurrency)

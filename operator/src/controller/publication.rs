@@ -25,7 +25,12 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
 };
 
-use crate::{config::service_config, endpoints::resolve};
+use crate::{
+    config::service_config,
+    endpoints::resolve,
+    overlap::{names, own_pods},
+    screening::{MAX_CONFIG_BYTES, Screened, screen},
+};
 
 /// A published config is re-applied at least this often even if unchanged (repairs manual edits).
 pub const REPUBLISH: Duration = Duration::from_secs(60);
@@ -154,14 +159,24 @@ impl Published {
 }
 
 /// The config `ns` should carry: one entry per ModelService in `members`, with the endpoints
-/// resolved from `pods`.
-pub fn desired(ns: &str, members: &[Arc<ModelService>], pods: &[Arc<Pod>]) -> MeshConfig {
-    MeshConfig::new(
-        members
-            .iter()
-            .map(|m| service_config(m, &resolve(&m.spec, ns, pods.iter().map(|p| p.as_ref()))))
-            .collect(),
-    )
+/// resolved from `pods` (less those labelled for another member), screened (`screening`) against
+/// the entries last published (`previous`).
+pub fn desired(
+    ns: &str,
+    members: &[Arc<ModelService>],
+    pods: &[Arc<Pod>],
+    previous: &HashMap<String, ServiceConfig>,
+) -> Screened {
+    let names = names(members);
+    let generated = members
+        .iter()
+        .map(|m| {
+            let name = m.metadata.name.as_deref().unwrap_or_default();
+            let own = own_pods(name, &names, pods.iter().map(|p| p.as_ref()));
+            service_config(m, &resolve(&m.spec, ns, own))
+        })
+        .collect();
+    screen(generated, previous, MAX_CONFIG_BYTES)
 }
 
 /// `name`'s entry differs between `previous` entries and `config` (appeared, changed or left).
@@ -207,7 +222,7 @@ mod tests {
             "ns",
             spec_with(&[("stable", weight, "v1")]),
         ));
-        desired("ns", &[ms], &[])
+        desired("ns", &[ms], &[], &HashMap::new()).config
     }
 
     #[test]
@@ -226,7 +241,7 @@ mod tests {
             Arc::new(pod("p1", "ns", "v1", Some("198.18.64.5"), true, true)),
             Arc::new(pod("p2", "other", "v2", Some("198.18.64.6"), true, true)),
         ];
-        let cfg = desired("ns", &[b, a], &pods);
+        let cfg = desired("ns", &[b, a], &pods, &HashMap::new()).config;
         let names: Vec<_> = cfg.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(cfg.services[0].variants[0].endpoints.len(), 1);

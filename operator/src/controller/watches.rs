@@ -11,7 +11,7 @@
 //! object that held one of our names, the clash it caused is resolved at once.
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::DefaultHasher},
+    collections::{BTreeSet, HashMap, HashSet, hash_map::DefaultHasher},
     fmt::Debug,
     hash::{Hash, Hasher},
     sync::{Arc, Mutex},
@@ -82,6 +82,41 @@ impl EndpointIndex {
             })
             .map(|(k, _)| k.clone())
             .collect()
+    }
+}
+
+/// The ModelServices each one last found overlapping its selectors (`ns/name` → their names).
+/// Each reconcile computes only its own overlaps: this tells it which others to wake, so both
+/// sides of an overlap report it, and stop once it is gone.
+#[derive(Default)]
+pub struct OverlapIndex(Mutex<HashMap<String, BTreeSet<String>>>);
+
+impl OverlapIndex {
+    /// `name` (in `ns`) now overlaps `others`: the names that entered or left its set, to wake.
+    pub fn set(&self, ns: &str, name: &str, others: BTreeSet<String>) -> BTreeSet<String> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = format!("{ns}/{name}");
+        let before = map.remove(&key).unwrap_or_default();
+        let wake = before.symmetric_difference(&others).cloned().collect();
+        if !others.is_empty() {
+            map.insert(key, others);
+        }
+        wake
+    }
+
+    /// `name` (in `ns`) is going: the names it overlapped and those that overlapped it, to wake.
+    pub fn remove(&self, ns: &str, name: &str) -> BTreeSet<String> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wake = map.remove(&format!("{ns}/{name}")).unwrap_or_default();
+        for (key, others) in map.iter() {
+            if let Some((kns, kname)) = key.split_once('/')
+                && kns == ns
+                && others.contains(name)
+            {
+                wake.insert(kname.to_string());
+            }
+        }
+        wake
     }
 }
 
@@ -241,6 +276,27 @@ pub fn same_name<K: Resource>(
 mod tests {
     use super::*;
     use crate::controller::FINALIZER;
+
+    #[test]
+    fn overlap_index_wakes_the_other_side_on_changes_only() {
+        let idx = OverlapIndex::default();
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            idx.set("ns", "b", set(&["a"])),
+            set(&["a"]),
+            "a new overlap"
+        );
+        assert_eq!(idx.set("ns", "a", set(&["b"])), set(&["b"]));
+        assert!(
+            idx.set("ns", "a", set(&["b"])).is_empty(),
+            "no change, no wake: no ping-pong"
+        );
+        assert_eq!(idx.set("ns", "c", set(&["b"])), set(&["b"]));
+        assert_eq!(idx.set("ns", "a", set(&[])), set(&["b"]), "gone");
+        // b goes: c listed it, and b listed a.
+        assert_eq!(idx.remove("ns", "b"), set(&["a", "c"]));
+        assert!(idx.remove("other", "c").is_empty(), "by namespace");
+    }
 
     #[test]
     fn endpoint_index_finds_listing_modelservices_by_namespace() {

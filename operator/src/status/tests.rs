@@ -19,6 +19,8 @@ fn observe<'a>(resolved: &'a [ResolvedVariant], rev: &str) -> Observation<'a> {
             at: t(100),
         }),
         clashes: &[],
+        refusal: None,
+        overlaps: &[],
     }
 }
 
@@ -193,4 +195,141 @@ fn events_fire_on_transitions_only() {
     );
     let s3 = compute_status(&spec, Some(&s2), &observe(&down, "r2"), &t(3));
     assert!(notices(&spec, Some(&s2), &s3, &down).is_empty());
+}
+
+fn invalid(kept: bool) -> Refusal {
+    Refusal::InvalidSpec {
+        error: "route header \"x\": regex \"([a-z\" does not compile".into(),
+        kept,
+    }
+}
+
+#[test]
+fn a_refused_spec_with_its_last_entry_in_force_says_so_and_warns_once() {
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+    let r = resolve(&spec, "ns", &pods);
+    let before = compute_status(&spec, None, &observe(&r, "r1"), &t(1));
+    let refusal = invalid(true);
+    let obs = Observation {
+        refusal: Some(&refusal),
+        ..observe(&r, "r1")
+    };
+    let s = compute_status(&spec, Some(&before), &obs, &t(2));
+    let ready = cond(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", INVALID_SPEC)
+    );
+    assert!(
+        ready.message.contains("does not compile"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.contains("revision r1) stays in force"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(cond(&s, CONFIG_GENERATED).reason, INVALID_SPEC);
+    assert_eq!(s.revision.as_deref(), Some("r1"), "the entry in force");
+    let n = notices(&spec, Some(&before), &s, &r);
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert!(n[0].warning && n[0].reason == INVALID_SPEC && n[0].note == ready.message);
+    let again = compute_status(&spec, Some(&s), &obs, &t(3));
+    assert!(
+        notices(&spec, Some(&s), &again, &r).is_empty(),
+        "once per message"
+    );
+    let fixed = compute_status(&spec, Some(&again), &observe(&r, "r2"), &t(4));
+    let told: Vec<_> = notices(&spec, Some(&again), &fixed, &r)
+        .into_iter()
+        .map(|n| n.reason)
+        .collect();
+    assert_eq!(told, ["ConfigRegenerated", "Ready"]);
+}
+
+#[test]
+fn a_refused_entry_without_a_last_one_has_no_revision() {
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let r = resolve(&spec, "ns", &[]);
+    let refusal = Refusal::TooLarge {
+        bytes: 1_000_000,
+        cap: 921_600,
+        kept: false,
+    };
+    let obs = Observation {
+        entry: None,
+        refusal: Some(&refusal),
+        ..observe(&r, "unused")
+    };
+    let s = compute_status(&spec, None, &obs, &t(1));
+    let ready = cond(&s, READY);
+    assert_eq!(ready.reason, CONFIG_TOO_LARGE, "before NoReadyEndpoints");
+    for part in [
+        "1000000 bytes",
+        "under 921600 bytes",
+        "fewer endpoints",
+        "no entry",
+    ] {
+        assert!(ready.message.contains(part), "{part}: {}", ready.message);
+    }
+    assert_eq!(cond(&s, CONFIG_GENERATED).reason, CONFIG_TOO_LARGE);
+    assert!(s.revision.is_none() && s.config_published_at.is_none());
+    let reasons: Vec<_> = notices(&spec, None, &s, &r)
+        .into_iter()
+        .map(|n| n.reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        ["NoEndpoints", CONFIG_TOO_LARGE],
+        "no ConfigRegenerated"
+    );
+}
+
+#[test]
+fn problems_come_in_the_order_to_fix_them() {
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+    let r = resolve(&spec, "ns", &pods);
+    let clashes = [Clash {
+        kind: "Service",
+        name: "llm".into(),
+    }];
+    let refusal = invalid(false);
+    let overlaps = [Overlap {
+        other: "shadow".into(),
+        pods: 1,
+        owned_by_other: false,
+    }];
+    let ready_reason = |obs: &Observation<'_>| {
+        compute_status(&spec, None, obs, &t(1)).conditions[0]
+            .reason
+            .clone()
+    };
+    let all = Observation {
+        clashes: &clashes,
+        refusal: Some(&refusal),
+        overlaps: &overlaps,
+        ..observe(&r, "r1")
+    };
+    assert_eq!(ready_reason(&all), NAME_CLASH);
+    let no_clash = Observation {
+        clashes: &[],
+        ..all.clone()
+    };
+    assert_eq!(ready_reason(&no_clash), INVALID_SPEC);
+    let only_overlap = Observation {
+        refusal: None,
+        ..no_clash.clone()
+    };
+    assert_eq!(ready_reason(&only_overlap), OVERLAPPING_SELECTOR);
+    let s = compute_status(&spec, None, &only_overlap, &t(1));
+    assert!(cond(&s, READY).message.contains("ModelService shadow"));
+    assert_eq!(cond(&s, CONFIG_GENERATED).status, "True", "it is published");
+    assert!(
+        notices(&spec, None, &s, &r)
+            .iter()
+            .any(|n| n.warning && n.reason == OVERLAPPING_SELECTOR)
+    );
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{Context, RESYNC, calls::*, deleting, finalized, llm, pods, reconcile};
 use crate::fixtures::{
     api_server::{Call, serve},
-    model_service, spec_with,
+    model_service, pod, spec_with,
 };
 
 /// The status apply of `ms` with a name clash: Ready=False `NameClash` saying what to rename,
@@ -111,10 +111,13 @@ async fn a_config_map_it_did_not_create_is_never_written_and_every_model_service
     let other = finalized(model_service(
         "other",
         "ns",
-        spec_with(&[("stable", 100, "v1")]),
+        spec_with(&[("stable", 100, "v3")]),
     ));
     let ms = finalized(llm(90));
-    let (ctx, handle) = Context::test(pods(), vec![ms.clone(), other.clone()]);
+    // `other` has pods of its own: no overlap with `llm`.
+    let mut all = pods();
+    all.push(pod("other-v3", "ns", "v3", Some("198.18.64.7"), true, true));
+    let (ctx, handle) = Context::test(all, vec![ms.clone(), other.clone()]);
     let user_cm = || Call::get(CM).reply(user_config_map());
     let other_ms = "/apis/infermesh.io/v1alpha1/namespaces/ns/modelservices/other";
     let other_svc = "/api/v1/namespaces/ns/services/other";

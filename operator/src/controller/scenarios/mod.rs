@@ -28,6 +28,7 @@ use crate::{
 
 mod calls;
 mod clashes;
+mod isolation;
 use calls::*;
 
 fn store<K>(objects: Vec<K>) -> (reflector::Store<K>, Writer<K>)
@@ -46,6 +47,16 @@ where
 impl Context {
     /// A context over a scripted API server, with synced caches holding `pods` and `services`.
     fn test(pods: Vec<Pod>, services: Vec<ModelService>) -> (Arc<Self>, Handle) {
+        let (ctx, handle, _) = Self::test_with_writer(pods, services);
+        (ctx, handle)
+    }
+
+    /// [`Context::test`], with the writer of the ModelService cache, for a scenario in which
+    /// another ModelService changes.
+    fn test_with_writer(
+        pods: Vec<Pod>,
+        services: Vec<ModelService>,
+    ) -> (Arc<Self>, Handle, Writer<ModelService>) {
         let (client, handle) = mock_client();
         let recorder = Recorder::new(
             client.clone(),
@@ -55,9 +66,11 @@ impl Context {
             },
         );
         let (pods, _) = store(pods);
-        let (services, _) = store(services);
-        let ctx = Context::new(client, recorder, Arc::default(), pods, services);
-        (Arc::new(ctx), handle)
+        let (services, writer) = store(services);
+        // Nothing runs the controller's queue: wake-ups go nowhere.
+        let (wake, _) = futures::channel::mpsc::unbounded();
+        let ctx = Context::new(client, recorder, Arc::default(), pods, services, wake);
+        (Arc::new(ctx), handle, writer)
     }
 }
 
