@@ -273,12 +273,9 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
     })
     .ok_or("the webhook did not label the annotated namespace within 30s")?;
 
-    // The example manifests, moved into the test's namespace; the server accepts them.
-    let examples = render(&repo_root().join("examples/manifests"));
-    let yaml = to_yaml(&into_namespace(&examples, n));
-    run_stdin(&["apply", "--dry-run=server", "-f", "-"], &yaml)?;
-    run_stdin(&["apply", "-f", "-"], &yaml)?;
     // A long-lived pod with the example binaries and a sidecar of its own: the mesh's client.
+    // It starts before the namespace has any ModelService: its sidecar, with no config to read
+    // yet, serves an empty one and gets ready (it then picks the config up as it appears).
     run(&[
         "-n",
         n,
@@ -296,6 +293,20 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
         "--version",
         "toolbox",
     ])?;
+    run(&[
+        "-n",
+        n,
+        "wait",
+        "--for=condition=Ready",
+        "pod/toolbox",
+        "--timeout=120s",
+    ])?;
+
+    // The example manifests, moved into the test's namespace; the server accepts them.
+    let examples = render(&repo_root().join("examples/manifests"));
+    let yaml = to_yaml(&into_namespace(&examples, n));
+    run_stdin(&["apply", "--dry-run=server", "-f", "-"], &yaml)?;
+    run_stdin(&["apply", "-f", "-"], &yaml)?;
     for d in ["llm-v1", "llm-v2"] {
         run(&[
             "-n",
@@ -306,14 +317,6 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
             "--timeout=180s",
         ])?;
     }
-    run(&[
-        "-n",
-        n,
-        "wait",
-        "--for=condition=Ready",
-        "pod/toolbox",
-        "--timeout=120s",
-    ])?;
     run(&[
         "-n",
         n,
