@@ -153,9 +153,9 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
     });
     {
         let admin = admin_state.clone();
-        let make = move |_peer: SocketAddr| {
+        let make = move |peer: SocketAddr| {
             let admin = admin.clone();
-            move |req| admin.clone().handle(req)
+            move |req| admin.clone().handle(peer.ip(), req)
         };
         background.spawn(listener::serve(
             admin_l,

@@ -1,8 +1,13 @@
 //! The admin port (15020): `/live` (always 200 while the process serves), `/ready` (503 until a
 //! config is loaded and the listeners are up, and again while draining), `/metrics` (Prometheus
 //! text) and `/config` (the config in force, with its revision, as JSON).
+//!
+//! Probes and metrics answer anyone who reaches the port (the kubelet, Prometheus). `/config`
+//! lists every endpoint of the namespace, pod names and IPs: it answers only on localhost, that
+//! is from inside the pod (`kubectl exec`) or through `kubectl port-forward`.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,6 +19,8 @@ use infermesh_admin::{LIVE_PATH, METRICS_PATH, READY_PATH, openmetrics_response}
 use crate::config::store::ConfigStore;
 use crate::request::body::ResponseBody;
 
+const CONFIG_PATH: &str = "/config";
+
 pub(crate) struct Admin {
     pub(crate) store: Arc<ConfigStore>,
     pub(crate) listeners_up: AtomicBool,
@@ -23,12 +30,17 @@ pub(crate) struct Admin {
 impl Admin {
     pub(crate) async fn handle(
         self: Arc<Self>,
+        peer: IpAddr,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Infallible> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"));
+        Ok(self.answer(peer, req.method(), req.uri().path()))
+    }
+
+    fn answer(&self, peer: IpAddr, method: &Method, path: &str) -> Response<ResponseBody> {
+        if method != Method::GET && method != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
-        Ok(match req.uri().path() {
+        match path {
             LIVE_PATH => text(StatusCode::OK, "live\n"),
             READY_PATH => {
                 if self.draining.load(Ordering::Acquire) {
@@ -48,7 +60,11 @@ impl Admin {
                 }
             }
             METRICS_PATH => openmetrics_response(self.store.metrics.encode()),
-            "/config" => {
+            CONFIG_PATH if !peer.is_loopback() => text(
+                StatusCode::FORBIDDEN,
+                "/config answers only on localhost: kubectl exec into the pod, or kubectl port-forward pod/NAME 15020\n",
+            ),
+            CONFIG_PATH => {
                 let t = self.store.current();
                 let body = serde_json::json!({
                     "revision": t.revision,
@@ -67,7 +83,7 @@ impl Admin {
                 StatusCode::NOT_FOUND,
                 "unknown path: try /ready, /live, /metrics, /config\n",
             ),
-        })
+        }
     }
 }
 
@@ -79,4 +95,34 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::state::EwmaPolicy;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn the_config_answers_only_on_localhost_and_probes_answer_anyone() {
+        let admin = Admin {
+            store: Arc::new(ConfigStore::new(
+                Arc::new(Metrics::new()),
+                None,
+                EwmaPolicy::default(),
+            )),
+            listeners_up: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+        };
+        let pod: IpAddr = "10.1.2.3".parse().unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let status = |peer, path| admin.answer(peer, &Method::GET, path).status();
+        assert_eq!(status(pod, "/config"), StatusCode::FORBIDDEN);
+        assert_eq!(status("::1".parse().unwrap(), "/config"), StatusCode::OK);
+        assert_eq!(status(local, "/config"), StatusCode::OK);
+        assert_eq!(status(pod, "/live"), StatusCode::OK);
+        assert_eq!(status(pod, "/metrics"), StatusCode::OK);
+        // Not ready (no config yet), but answered.
+        assert_eq!(status(pod, "/ready"), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }
