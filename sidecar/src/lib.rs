@@ -123,6 +123,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         ejection: EjectionPolicy::new(opts.eject_after, opts.eject_base, opts.eject_max),
         ewma,
         body_idle: opts.request_body_timeout,
+        replay: upstream::replay::ReplayPool::new(opts.replay_buffer_bytes),
     });
     let mut proxies = JoinSet::new();
     for (listener, name, direction) in [

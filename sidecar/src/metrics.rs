@@ -49,6 +49,7 @@ pub(crate) struct Metrics {
     streams_cut: Family<VariantLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
     budget_exhausted: Family<ServiceLabels, Counter>,
+    replay_pool_full: Family<ServiceLabels, Counter>,
     revision: Family<RevisionLabels, Gauge>,
     pub(crate) config_reloads: Counter,
     pub(crate) config_rejections: Counter,
@@ -79,6 +80,7 @@ impl VariantMetrics {
 pub(crate) struct ServiceMetrics {
     pub(crate) retries: Counter,
     pub(crate) budget_exhausted: Counter,
+    pub(crate) replay_pool_full: Counter,
 }
 
 impl Default for Metrics {
@@ -99,6 +101,7 @@ impl Metrics {
         let streams_cut = Family::<VariantLabels, Counter>::default();
         let retries = Family::<ServiceLabels, Counter>::default();
         let budget_exhausted = Family::<ServiceLabels, Counter>::default();
+        let replay_pool_full = Family::<ServiceLabels, Counter>::default();
         let revision = Family::<RevisionLabels, Gauge>::default();
         let config_reloads = Counter::default();
         let config_rejections = Counter::default();
@@ -141,6 +144,11 @@ impl Metrics {
             budget_exhausted.clone(),
         );
         registry.register(
+            "replay_pool_full",
+            "Requests sent once, without retries, because the sidecar's replay buffers were full",
+            replay_pool_full.clone(),
+        );
+        registry.register(
             "config_revision",
             "Mesh config in force (1 for the current revision)",
             revision.clone(),
@@ -171,6 +179,7 @@ impl Metrics {
             streams_cut,
             retries,
             budget_exhausted,
+            replay_pool_full,
             revision,
             config_reloads,
             config_rejections,
@@ -214,6 +223,7 @@ impl Metrics {
         ServiceMetrics {
             retries: self.retries.get_or_create_owned(&l),
             budget_exhausted: self.budget_exhausted.get_or_create_owned(&l),
+            replay_pool_full: self.replay_pool_full.get_or_create_owned(&l),
         }
     }
 

@@ -83,6 +83,11 @@ pub struct Options {
     /// PeakEWMA decay time constant.
     #[arg(long, default_value = EWMA_DECAY.as_str(), value_parser = humantime::parse_duration)]
     pub ewma_decay: Duration,
+    /// Most bytes of request bodies kept for retries at once, over all requests; a body that
+    /// does not fit is sent once, without retries (counted in
+    /// infermesh_replay_pool_full_total).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub replay_buffer_bytes: usize,
     /// Longest silence between two chunks of a client's request body; then 408.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_body_timeout: Duration,

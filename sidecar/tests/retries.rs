@@ -264,6 +264,8 @@ async fn a_reset_post_is_retried_only_with_retry_non_idempotent() {
                 assert_eq!(r.status, 502);
                 failed += 1;
             }
+        }
+        for _ in 0..10 {
             let g = get(&c, s.sidecar.inbound, "llm", &[]).await.unwrap();
             assert_eq!(g.status, 200, "a GET is retried on a reset");
         }
@@ -276,4 +278,39 @@ async fn a_reset_post_is_retried_only_with_retry_non_idempotent() {
             );
         }
     }
+}
+
+/// Bodies kept for retries count against one sidecar-wide cap: past it, requests still go
+/// through, once and without retries, and are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_buffers_stay_within_the_sidecar_wide_cap() {
+    let b = backend("v1", Mode::Slow(Duration::from_millis(400))).await;
+    let cfg = config(
+        retries(3, &["5xx", "connect-failure"], None, 0.2, 10),
+        &[("s", 100, vec![b.addr])],
+    );
+    let s = sidecar_with(&cfg, |o| o.replay_buffer_bytes = 2 << 20).await;
+    let c = client();
+    let body = Bytes::from(vec![b'x'; 1 << 20]);
+    let sends = (0..10).map(|_| {
+        let req = Request::post(format!("http://{}/v1/completions", s.sidecar.inbound))
+            .header("host", "llm")
+            .body(Full::new(body.clone()))
+            .unwrap();
+        c.request(req)
+    });
+    for r in futures::future::join_all(sends).await {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (_, m) = admin(&s.sidecar, "/metrics").await;
+    let full: u64 = m
+        .lines()
+        .find(|l| l.starts_with("infermesh_replay_pool_full_total{service=\"llm\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(
+        (8..=10).contains(&full),
+        "two 1 MiB bodies fit in 2 MiB, the rest streamed: {full}"
+    );
 }

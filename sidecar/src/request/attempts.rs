@@ -10,6 +10,7 @@
 //! timeout) may come after the model started work: they are retried for idempotent methods, and
 //! for all when the service sets `retryNonIdempotent` (inference, where a repeat costs compute).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::request::Parts;
@@ -24,9 +25,10 @@ use crate::config::table::{Service, Variant};
 use crate::endpoint::Endpoint;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
 use crate::routing::balancer::Tried;
-use crate::upstream::body::{self, Prepared, RequestBody, client_fault};
+use crate::upstream::body::{self, Prepared, RequestBody, Unreplayable, client_fault};
 use crate::upstream::forward::{self, Upstream};
 use crate::upstream::pool::Lent;
+use crate::upstream::replay::ReplayPool;
 
 /// Why a try did not produce the response to return.
 enum Failure {
@@ -46,6 +48,8 @@ pub(crate) struct Attempts<'a> {
     pub(crate) variant: &'a Variant,
     /// Longest silence between two frames of the client's request body.
     pub(crate) body_idle: Duration,
+    /// Where replayed bodies are counted, sidecar-wide.
+    pub(crate) replay: &'a Arc<ReplayPool>,
 }
 
 impl Attempts<'_> {
@@ -62,17 +66,32 @@ impl Attempts<'_> {
         // Whether failures after the model may have seen the request are retried too.
         let repeatable = policy.non_idempotent || is_idempotent(&head.method);
         // With retries on, the body is read (≤ 1 MiB) so it can be replayed.
-        let (replay, mut once) = if policy.attempts > 1 {
+        // `_hold` keeps the replayed bytes counted against the sidecar-wide cap until the
+        // tries are over.
+        let (replay, mut once, _hold) = if policy.attempts > 1 {
             svc.budget.deposit(Instant::now());
-            match body::prepare(body, self.body_idle)
+            match body::prepare(body, self.body_idle, self.replay)
                 .await
                 .map_err(|e| ProxyError::from(&e))?
             {
-                Prepared::Buffered { data, trailers } => (Some((data, trailers)), None),
-                Prepared::Stream(b) => (None, Some(b)),
+                Prepared::Buffered {
+                    data,
+                    trailers,
+                    hold,
+                } => (Some((data, trailers)), None, Some(hold)),
+                Prepared::Stream(b, why) => {
+                    if why == Unreplayable::PoolFull {
+                        svc.metrics.replay_pool_full.inc();
+                    }
+                    (None, Some(b), None)
+                }
             }
         } else {
-            (None, Some(RequestBody::streamed(body, self.body_idle)))
+            (
+                None,
+                Some(RequestBody::streamed(body, self.body_idle)),
+                None,
+            )
         };
         let head_timeout = min_opt(policy.per_try_timeout, svc.timeouts.first_byte);
         let mut tried = Tried::default();

@@ -45,6 +45,7 @@ use crate::detach;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
 use crate::upstream::body::{RequestBody, client_fault};
 use crate::upstream::forward::{self, ROUTED, Upstream};
+use crate::upstream::replay::ReplayPool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Direction {
@@ -65,6 +66,8 @@ pub(crate) struct Proxy {
     pub(crate) ewma: EwmaPolicy,
     /// Longest silence between two frames of a client's request body.
     pub(crate) body_idle: std::time::Duration,
+    /// The sidecar-wide cap on bodies kept for retries.
+    pub(crate) replay: Arc<ReplayPool>,
 }
 
 impl Proxy {
@@ -132,6 +135,7 @@ impl Proxy {
             svc: &svc,
             variant: &svc.variants[vi],
             body_idle: self.body_idle,
+            replay: &self.replay,
         };
         let result = until(deadline, attempts.run(head, body, &mut guard)).await;
         respond(result, guard, deadline)
@@ -252,6 +256,7 @@ mod tests {
             ejection: EjectionPolicy::default(),
             ewma: EwmaPolicy::default(),
             body_idle: std::time::Duration::from_secs(30),
+            replay: ReplayPool::new(1 << 20),
         });
         let size =
             future_size(&move |c: Arc<ConnInfo>, r: Request<Incoming>| proxy.clone().handle(c, r));

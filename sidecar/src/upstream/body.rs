@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
+
+use super::replay::{ReplayHold, ReplayPool};
 
 /// Largest request body kept for replay; larger bodies stream and are not retried.
 pub(crate) const MAX_REPLAY: usize = 1 << 20;
@@ -44,30 +47,68 @@ pub(crate) fn client_fault<'e>(
 
 /// A request body as read for retries.
 pub(crate) enum Prepared {
-    /// Fully read: can be sent any number of times.
+    /// Fully read: can be sent any number of times, while `hold` keeps its bytes counted.
     Buffered {
         data: Bytes,
         trailers: Option<Box<HeaderMap>>,
+        hold: ReplayHold,
     },
-    /// Too large (or of unknown size beyond the bound): sent once.
-    Stream(RequestBody),
+    /// Sent once, without retries, for the reason given.
+    Stream(RequestBody, Unreplayable),
 }
 
-/// Reads a request body for replay, up to [`MAX_REPLAY`]; a body silent for `idle` between two
-/// frames is the client's failure.
+/// Why a body is sent once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unreplayable {
+    /// Over [`MAX_REPLAY`].
+    TooLarge,
+    /// The sidecar-wide replay cap is reached (`ReplayPool`).
+    PoolFull,
+}
+
+/// Reads a request body for replay, up to [`MAX_REPLAY`] and as far as `pool` has room; a body
+/// silent for `idle` between two frames is the client's failure.
 pub(crate) async fn prepare(
     mut body: Incoming,
     idle: Duration,
+    pool: &Arc<ReplayPool>,
 ) -> Result<Prepared, ClientBodyError> {
+    let mut hold = pool.hold();
     if body.is_end_stream() {
         return Ok(Prepared::Buffered {
             data: Bytes::new(),
             trailers: None,
+            hold,
         });
     }
-    if body.size_hint().lower() > MAX_REPLAY as u64 {
-        return Ok(Prepared::Stream(RequestBody::streamed(body, idle)));
+    let declared = body.size_hint().lower();
+    if declared > MAX_REPLAY as u64 {
+        return Ok(Prepared::Stream(
+            RequestBody::streamed(body, idle),
+            Unreplayable::TooLarge,
+        ));
     }
+    // A declared length is taken at once, so a refusal comes before any byte is read.
+    if !hold.grow(declared as usize) {
+        return Ok(Prepared::Stream(
+            RequestBody::streamed(body, idle),
+            Unreplayable::PoolFull,
+        ));
+    }
+    let once = |chunks: VecDeque<Bytes>, rest: Incoming, why: Unreplayable| {
+        Prepared::Stream(
+            RequestBody::Watched(Box::new(Watched {
+                body: RequestBody::Prefixed {
+                    head: Box::new(chunks),
+                    rest,
+                },
+                idle,
+                timer: None,
+                armed: false,
+            })),
+            why,
+        )
+    };
     let mut chunks = VecDeque::new();
     let mut len = 0;
     let mut trailers = None;
@@ -82,15 +123,10 @@ pub(crate) async fn prepare(
                 len += d.len();
                 chunks.push_back(d);
                 if len > MAX_REPLAY {
-                    return Ok(Prepared::Stream(RequestBody::Watched(Box::new(Watched {
-                        body: RequestBody::Prefixed {
-                            head: Box::new(chunks),
-                            rest: body,
-                        },
-                        idle,
-                        timer: None,
-                        armed: false,
-                    }))));
+                    return Ok(once(chunks, body, Unreplayable::TooLarge));
+                }
+                if len > declared as usize && !hold.grow(len - hold.bytes()) {
+                    return Ok(once(chunks, body, Unreplayable::PoolFull));
                 }
             }
             Err(frame) => {
@@ -109,7 +145,11 @@ pub(crate) async fn prepare(
             b.freeze()
         }
     };
-    Ok(Prepared::Buffered { data, trailers })
+    Ok(Prepared::Buffered {
+        data,
+        trailers,
+        hold,
+    })
 }
 
 /// The body sent upstream. Kept small (the rare parts boxed): every request sent on an upstream
