@@ -177,3 +177,40 @@ async fn meshed_endpoint_gets_the_routed_header_and_its_sidecar_delivers_locally
         "{m}"
     );
 }
+
+/// `x-infermesh-routed` is honoured only when it names a service and a variant this sidecar
+/// enforces; anything else is routed like any request, never delivered locally on trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_header_naming_no_known_variant_is_routed_normally() {
+    let local_model = backend("local", Mode::Ok).await;
+    let routed_to = backend("routed", Mode::Ok).await;
+    let cfg = json!({"services": [{"name": "llm", "port": local_model.addr.port(),
+        "variants": [{"name": "stable", "weight": 100,
+            "endpoints": [{"address": routed_to.addr.to_string()}]}]}]})
+    .to_string();
+    let s = sidecar(&cfg).await;
+    let c = client();
+    let version = |routed: &'static str| {
+        let c = c.clone();
+        let inbound = s.sidecar.inbound;
+        async move {
+            let r = get(&c, inbound, "llm", &[("x-infermesh-routed", routed.into())])
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{routed}");
+            r.version().unwrap_or_default().to_owned()
+        }
+    };
+    assert_eq!(
+        version("llm/stable").await,
+        "local",
+        "a known variant: delivered locally"
+    );
+    for spoofed in ["llm/canary", "llm", "other/stable", "llm/"] {
+        assert_eq!(
+            version(spoofed).await,
+            "routed",
+            "{spoofed:?} is not honoured"
+        );
+    }
+}

@@ -41,6 +41,7 @@ use self::guard::RequestGuard;
 use self::headers::{Forwarding, prepare_head, strip_hop_by_hop};
 use self::timeouts::{until, within_opt};
 use crate::config::store::ConfigStore;
+use crate::config::table::Service;
 use crate::detach;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
 use crate::upstream::body::{RequestBody, client_fault};
@@ -93,11 +94,13 @@ impl Proxy {
             if let Err(e) = headers::check(&head) {
                 return Ok(e.into_response());
             }
-            Ok(match routed {
-                Some(r) if conn.direction == Direction::Inbound => {
-                    self.deliver_local(&r, &mut head, body, &conn).await
-                }
-                _ => self.route(&mut head, body, &conn).await,
+            let target = match routed {
+                Some(r) if conn.direction == Direction::Inbound => self.routed_target(&r),
+                _ => None,
+            };
+            Ok(match target {
+                Some((svc, vi)) => self.deliver_local(svc, vi, &mut head, body, &conn).await,
+                None => self.route(&mut head, body, &conn).await,
             })
         }
     }
@@ -141,29 +144,32 @@ impl Proxy {
         respond(result, guard, deadline)
     }
 
-    /// A peer sidecar already routed this request (`<service>/<variant>`): hand it to the local
+    /// The service and variant a peer sidecar's `x-infermesh-routed: <service>/<variant>` names,
+    /// if both are in the config in force. A value that names anything else is not honoured: the
+    /// request is routed as any other (a peer on a newer config costs one more hop, nothing is
+    /// delivered on a name this sidecar does not know).
+    fn routed_target(&self, routed: &HeaderValue) -> Option<(Arc<Service>, usize)> {
+        let (name, variant) = routed.to_str().ok()?.split_once('/')?;
+        let svc = self
+            .store
+            .load()
+            .service(&name.to_ascii_lowercase())?
+            .clone();
+        let vi = svc.variants.iter().position(|v| v.name == variant)?;
+        Some((svc, vi))
+    }
+
+    /// A peer sidecar already routed this request to variant `vi` of `svc`: hand it to the local
     /// model, once, without routing again.
     async fn deliver_local(
         &self,
-        routed: &HeaderValue,
+        svc: Arc<Service>,
+        vi: usize,
         head: &mut Parts,
         body: Incoming,
         conn: &ConnInfo,
     ) -> Response<ResponseBody> {
-        let Some((name, variant)) = routed.to_str().ok().and_then(|s| s.split_once('/')) else {
-            return ProxyError::Malformed("x-infermesh-routed must be <service>/<variant>")
-                .into_response();
-        };
-        let Some(svc) = self
-            .store
-            .load()
-            .service(&name.to_ascii_lowercase())
-            .cloned()
-        else {
-            return ProxyError::UnknownService(name.to_owned()).into_response();
-        };
-        let vi = svc.variants.iter().position(|v| v.name == variant);
-        let mut guard = RequestGuard::new(svc.clone(), vi);
+        let mut guard = RequestGuard::new(svc.clone(), Some(vi));
         prepare_head(head, &conn.forwarding, svc.protocol);
         let deadline = svc
             .timeouts
