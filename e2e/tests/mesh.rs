@@ -94,6 +94,13 @@ fn every_deploy_manifest_passes_a_server_side_dry_run() -> Result<(), String> {
         assert_eq!(checked, docs.len(), "{dir}: one line per object");
         println!("{dir}: {checked} objects pass kubectl apply --dry-run=server");
     }
+    // The optional NetworkPolicy, as a user applies it to a namespace of theirs.
+    let policy = std::fs::read_to_string(repo_root().join("examples/networkpolicy.yaml"))
+        .map_err(|e| e.to_string())?;
+    run_stdin(
+        &["-n", &scratch.0, "apply", "--dry-run=server", "-f", "-"],
+        &policy,
+    )?;
     Ok(())
 }
 
