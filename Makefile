@@ -8,7 +8,7 @@ KUBECONFIG_PATH := $(CURDIR)/build/cluster/kubeconfig
 export PATH := $(CURDIR)/build/bin:/usr/local/go/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: help deps demo test unit lint e2e cluster-up cluster-down cluster-status kubeconfig \
-	manifests bench images verify-down kind-e2e
+	manifests bench bench-hardening images verify-down kind-e2e
 
 help:
 	@echo "make demo          local cluster, infermesh installed, a 90/10 canary split measured, then 50/50"
@@ -21,6 +21,7 @@ help:
 	@echo "make images        build the project's images and import them into the local cluster"
 	@echo "make manifests     regenerate deploy/crds from the Rust types"
 	@echo "make bench         run the benchmarks (hack/bench.sh)"
+	@echo "make bench-hardening  memory and CPU under hostile clients (bench/hardening.py)"
 
 deps:
 	@hack/install-deps.sh
@@ -83,3 +84,9 @@ manifests:
 bench:
 	@if [[ -x hack/bench.sh ]]; then hack/bench.sh; \
 	else echo "bench: hack/bench.sh does not exist yet: no benchmarks to run" >&2; exit 1; fi
+
+# What hostile or bursty clients cost a sidecar: replay-buffer memory, idle RSS after 2,000
+# connections, CPU of stalled HTTP/2 prefaces (bench/hardening.py).
+bench-hardening:
+	cargo build --release --locked --target x86_64-unknown-linux-musl -p infermesh-sidecar
+	python3 bench/hardening.py
