@@ -240,20 +240,7 @@ pub async fn get(
     for (k, v) in headers {
         b = b.header(*k, v);
     }
-    let resp = tokio::time::timeout(
-        Duration::from_secs(10),
-        c.request(b.body(Full::default()).unwrap()),
-    )
-    .await
-    .map_err(|_| "timeout".to_string())?
-    .map_err(|e| e.to_string())?;
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    send(c, b.body(Full::default()).unwrap()).await
 }
 
 /// One POST of `body` to `/v1/completions` through the sidecar at `addr` for host `host`.
@@ -268,6 +255,14 @@ pub async fn post(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap();
+    send(c, req).await
+}
+
+/// Sends `req` (10 s bound) and reads the whole reply.
+async fn send(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<Reply, String> {
     let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
         .await
         .map_err(|_| "timeout".to_string())?
