@@ -508,7 +508,7 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
             "Host: llm",
             "--body",
             r#"{"prompt":"hello mesh","max_tokens":2}"#,
-            "--requests=1500",
+            "--requests=20000",
             "--concurrency=4",
             "--timeout-secs=120",
             "--allow-errors",
@@ -534,7 +534,7 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
     );
     assert!(still_running, "the POST load ended before the kill: {s}");
     assert_eq!(s["errors"], 0, "client-visible errors after a kill -9: {s}");
-    assert_eq!(s["total"], 1500);
+    assert_eq!(s["total"], 20000);
 
     // Streaming through two sidecars: toolbox sidecar (outbound) -> model pod's sidecar -> model.
     let (ok, out) = client_exec(
