@@ -62,9 +62,13 @@ class SlowBackend(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Backend(http.server.ThreadingHTTPServer):
+    request_queue_size = 4096  # the listen backlog: thousands of connections arrive at once
+    daemon_threads = True
+
+
 def start_backend():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", BACKEND), SlowBackend)
-    server.daemon_threads = True
+    server = Backend(("127.0.0.1", BACKEND), SlowBackend)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -88,6 +92,12 @@ def start_sidecar(binary, work, extra):
     path.write_text(json.dumps(config))
     argv = [binary, "--config-file", str(path), "--inbound", f"127.0.0.1:{INBOUND}",
             "--outbound", f"127.0.0.1:{OUTBOUND}", "--admin", f"127.0.0.1:{ADMIN}", "--workers", "1"]
+    for port in (INBOUND, OUTBOUND, ADMIN):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            raise RuntimeError(f"port {port} is taken: stop what listens there (BENCH_BASE_PORT moves them)")
+        except OSError:
+            pass
     known = sidecar_flags(binary)
     for flag, value in extra:
         if flag in known:
@@ -99,11 +109,26 @@ def start_sidecar(binary, work, extra):
         try:
             socket.create_connection(("127.0.0.1", INBOUND), timeout=0.2).close()
             time.sleep(0.3)
+            if p.poll() is not None:
+                raise RuntimeError(f"the sidecar exited with {p.returncode}")
             return p
         except OSError:
             time.sleep(0.05)
     p.kill()
     raise RuntimeError("the sidecar did not start")
+
+
+class Running:
+    """A sidecar for one measure, stopped however the measure ends."""
+
+    def __init__(self, binary, work, extra):
+        self.p = start_sidecar(binary, work, extra)
+
+    def __enter__(self):
+        return self.p
+
+    def __exit__(self, *exc):
+        stop(self.p)
 
 
 def stop(p):
@@ -144,7 +169,11 @@ def post_1mib(results, i):
 
 def measure_replay(binary, work, capped):
     extra = [] if capped else [("--replay-buffer-bytes", str(1 << 40))]
-    p = start_sidecar(binary, work, extra)
+    with Running(binary, work, extra) as p:
+        return replay_figures(p)
+
+
+def replay_figures(p):
     idle = rss_mb(p.pid)
     results = [None] * 100
     threads = [threading.Thread(target=post_1mib, args=(results, i)) for i in range(100)]
@@ -153,14 +182,16 @@ def measure_replay(binary, work, capped):
     for t in threads:
         t.join(timeout=60)
     time.sleep(2)
-    out = {"idle": idle, "peak": rss_mb(p.pid, "VmHWM"), "after": rss_mb(p.pid),
-           "ok": sum(1 for r in results if r == "200")}
-    stop(p)
-    return out
+    return {"idle": idle, "peak": rss_mb(p.pid, "VmHWM"), "after": rss_mb(p.pid),
+            "ok": sum(1 for r in results if r == "200")}
 
 
 def measure_connections(binary, work, n=2000):
-    p = start_sidecar(binary, work, [])
+    with Running(binary, work, []) as p:
+        return connection_figures(p, n)
+
+
+def connection_figures(p, n):
     start = rss_mb(p.pid)
     conns = []
     for _ in range(n):
@@ -169,20 +200,26 @@ def measure_connections(binary, work, n=2000):
         conns.append(s)
     ok = 0
     for s in conns:
-        if s.recv(4096).startswith(b"HTTP/1.1 200"):
-            ok += 1
+        try:
+            s.settimeout(30)
+            if s.recv(4096).startswith(b"HTTP/1.1 200"):
+                ok += 1
+        except OSError:
+            pass
     time.sleep(1)
     open_rss = rss_mb(p.pid)
     for s in conns:
         s.close()
     time.sleep(2)
-    out = {"start": start, "open": open_rss, "closed": rss_mb(p.pid), "ok": ok}
-    stop(p)
-    return out
+    return {"start": start, "open": open_rss, "closed": rss_mb(p.pid), "ok": ok}
 
 
 def measure_prefaces(binary, work, n=1000):
-    p = start_sidecar(binary, work, [])
+    with Running(binary, work, []) as p:
+        return preface_figures(p, n)
+
+
+def preface_figures(p, n):
     conns = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", INBOUND), timeout=10)
@@ -198,7 +235,6 @@ def measure_prefaces(binary, work, n=1000):
     before = cpu_seconds(p.pid)
     time.sleep(5)
     closed = cpu_seconds(p.pid) - before
-    stop(p)
     return {"stalled": stalled / 5 * 100, "closed": closed / 5 * 100}
 
 
@@ -209,12 +245,14 @@ def main():
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 16384), hard))
     backend = start_backend()
-    with tempfile.TemporaryDirectory() as work:
-        capped = measure_replay(args.sidecar, work, capped=True)
-        uncapped = measure_replay(args.sidecar, work, capped=False)
-        conns = measure_connections(args.sidecar, work)
-        prefaces = measure_prefaces(args.sidecar, work)
-    backend.shutdown()
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            capped = measure_replay(args.sidecar, work, capped=True)
+            uncapped = measure_replay(args.sidecar, work, capped=False)
+            conns = measure_connections(args.sidecar, work)
+            prefaces = measure_prefaces(args.sidecar, work)
+    finally:
+        backend.shutdown()
     print(f"sidecar: {args.sidecar}")
     print("100 x 1 MiB POSTs, retries on      idle MB  peak MB  after MB  200s")
     for name, r in [("  replay cap 64 MiB (default)", capped), ("  no cap (1 TiB)", uncapped)]:

@@ -20,6 +20,8 @@ use tokio::time::Instant;
 
 use super::body::RequestBody;
 
+/// Largest buffer an upstream connection keeps (hyper's minimum is 8 KiB).
+const WRITE_BUF_MAX: usize = 64 << 10;
 /// Idle connections kept per address; one returned beyond this is closed.
 const MAX_IDLE: usize = 256;
 /// Idle connections older than this are closed when the pool is next touched (servers close idle
@@ -151,9 +153,12 @@ impl ConnPool {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        // Flat writes, as on the listener side (see `listener`).
+        // Flat writes, as on the listener side (see `listener`). A flat write buffer keeps the
+        // capacity it grew to while the connection lives, idle in the pool too: bounded here, a
+        // burst of large uploads does not leave every pooled connection holding a body's worth.
         let (sender, conn) = http1::Builder::new()
             .writev(false)
+            .max_buf_size(WRITE_BUF_MAX)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| SendError::Handshake {
