@@ -119,11 +119,13 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
 
     let proxy = Arc::new(Proxy {
         store: store.clone(),
-        upstream: Upstream::new(opts.connect_timeout),
+        upstream: Upstream::new(
+            opts.connect_timeout,
+            opts.request_body_timeout,
+            opts.replay_buffer_bytes,
+        ),
         ejection: EjectionPolicy::new(opts.eject_after, opts.eject_base, opts.eject_max),
         ewma,
-        body_idle: opts.request_body_timeout,
-        replay: upstream::replay::ReplayPool::new(opts.replay_buffer_bytes),
     });
     let mut proxies = JoinSet::new();
     for (listener, name, direction) in [

@@ -10,8 +10,9 @@
 //! timeout) may come after the model started work: they are retried for idempotent methods, and
 //! for all when the service sets `retryNonIdempotent` (inference, where a repeat costs compute).
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
 
 use http::request::Parts;
 use http::{HeaderMap, Method, Response};
@@ -28,7 +29,7 @@ use crate::routing::balancer::Tried;
 use crate::upstream::body::{self, Prepared, RequestBody, Unreplayable, client_fault};
 use crate::upstream::forward::{self, Upstream};
 use crate::upstream::pool::Lent;
-use crate::upstream::replay::ReplayPool;
+use crate::upstream::replay::ReplayHold;
 
 /// Why a try did not produce the response to return.
 enum Failure {
@@ -46,10 +47,14 @@ pub(crate) struct Attempts<'a> {
     pub(crate) ewma: &'a EwmaPolicy,
     pub(crate) svc: &'a Service,
     pub(crate) variant: &'a Variant,
-    /// Longest silence between two frames of the client's request body.
-    pub(crate) body_idle: Duration,
-    /// Where replayed bodies are counted, sidecar-wide.
-    pub(crate) replay: &'a Arc<ReplayPool>,
+}
+
+/// A body kept for retries, and its place under the sidecar-wide cap. Boxed: a request's future
+/// carries one pointer for it, not the whole.
+struct Replay {
+    data: Bytes,
+    trailers: Option<Box<HeaderMap>>,
+    _hold: ReplayHold,
 }
 
 impl Attempts<'_> {
@@ -66,11 +71,10 @@ impl Attempts<'_> {
         // Whether failures after the model may have seen the request are retried too.
         let repeatable = policy.non_idempotent || is_idempotent(&head.method);
         // With retries on, the body is read (≤ 1 MiB) so it can be replayed.
-        // `_hold` keeps the replayed bytes counted against the sidecar-wide cap until the
-        // tries are over.
-        let (replay, mut once, _hold) = if policy.attempts > 1 {
+        let up = self.upstream;
+        let (replay, mut once) = if policy.attempts > 1 {
             svc.budget.deposit(Instant::now());
-            match body::prepare(body, self.body_idle, self.replay)
+            match body::prepare(body, up.body_idle, &up.replay)
                 .await
                 .map_err(|e| ProxyError::from(&e))?
             {
@@ -78,20 +82,23 @@ impl Attempts<'_> {
                     data,
                     trailers,
                     hold,
-                } => (Some((data, trailers)), None, Some(hold)),
+                } => (
+                    Some(Box::new(Replay {
+                        data,
+                        trailers,
+                        _hold: hold,
+                    })),
+                    None,
+                ),
                 Prepared::Stream(b, why) => {
                     if why == Unreplayable::PoolFull {
                         svc.metrics.replay_pool_full.inc();
                     }
-                    (None, Some(b), None)
+                    (None, Some(b))
                 }
             }
         } else {
-            (
-                None,
-                Some(RequestBody::streamed(body, self.body_idle)),
-                None,
-            )
+            (None, Some(RequestBody::streamed(body, up.body_idle)))
         };
         let head_timeout = min_opt(policy.per_try_timeout, svc.timeouts.first_byte);
         let mut tried = Tried::default();
@@ -124,7 +131,7 @@ impl Attempts<'_> {
             };
             let more = replay.is_some() && attempt + 1 < policy.attempts;
             let try_body = match &replay {
-                Some((d, t)) => RequestBody::replay(d, t),
+                Some(r) => RequestBody::replay(&r.data, &r.trailers),
                 None => once
                     .take()
                     .unwrap_or_else(|| RequestBody::replay(&Default::default(), &None)),

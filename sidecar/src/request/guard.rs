@@ -20,7 +20,9 @@ use crate::upstream::pool::Lent;
 /// pool only after a complete response ([`RequestGuard::complete`]).
 pub(crate) struct RequestGuard {
     service: Arc<Service>,
-    variant: Option<usize>,
+    /// The variant's index (a service has at most `u16::MAX` variants): small, so it packs with
+    /// the status below. Every in-flight request's future holds a guard.
+    variant: Option<u16>,
     start: Instant,
     in_flight: Option<InFlight>,
     permit: Option<OwnedSemaphorePermit>,
@@ -37,7 +39,7 @@ impl RequestGuard {
         }
         Self {
             service,
-            variant,
+            variant: variant.and_then(|v| u16::try_from(v).ok()),
             start: Instant::now(),
             in_flight: None,
             permit: None,
@@ -86,7 +88,7 @@ impl RequestGuard {
     }
 
     pub(crate) fn variant(&self) -> Option<&Variant> {
-        self.variant.map(|v| &self.service.variants[v])
+        self.variant.map(|v| &self.service.variants[usize::from(v)])
     }
 }
 
@@ -95,7 +97,7 @@ impl Drop for RequestGuard {
         self.in_flight.take();
         self.permit.take();
         self.conn.take();
-        if let Some(v) = self.variant.map(|v| &self.service.variants[v]) {
+        if let Some(v) = self.variant.map(|v| &self.service.variants[usize::from(v)]) {
             match self.status {
                 Some(_) if self.cut => {
                     v.metrics.count(StatusCode::BAD_GATEWAY);

@@ -46,7 +46,6 @@ use crate::detach;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
 use crate::upstream::body::{RequestBody, client_fault};
 use crate::upstream::forward::{self, ROUTED, Upstream};
-use crate::upstream::replay::ReplayPool;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Direction {
@@ -65,10 +64,6 @@ pub(crate) struct Proxy {
     pub(crate) upstream: Upstream,
     pub(crate) ejection: EjectionPolicy,
     pub(crate) ewma: EwmaPolicy,
-    /// Longest silence between two frames of a client's request body.
-    pub(crate) body_idle: std::time::Duration,
-    /// The sidecar-wide cap on bodies kept for retries.
-    pub(crate) replay: Arc<ReplayPool>,
 }
 
 impl Proxy {
@@ -137,8 +132,6 @@ impl Proxy {
             ewma: &self.ewma,
             svc: &svc,
             variant: &svc.variants[vi],
-            body_idle: self.body_idle,
-            replay: &self.replay,
         };
         let result = until(deadline, attempts.run(head, body, &mut guard)).await;
         respond(result, guard, deadline)
@@ -182,7 +175,7 @@ impl Proxy {
                 svc.protocol,
                 svc.local.authority(),
                 None,
-                RequestBody::streamed(body, self.body_idle),
+                RequestBody::streamed(body, self.upstream.body_idle),
             );
             let sent = Instant::now();
             match within_opt(
@@ -258,11 +251,13 @@ mod tests {
         );
         let proxy = Arc::new(Proxy {
             store: Arc::new(store),
-            upstream: Upstream::new(std::time::Duration::from_secs(1)),
+            upstream: Upstream::new(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(30),
+                1 << 20,
+            ),
             ejection: EjectionPolicy::default(),
             ewma: EwmaPolicy::default(),
-            body_idle: std::time::Duration::from_secs(30),
-            replay: ReplayPool::new(1 << 20),
         });
         let size =
             future_size(&move |c: Arc<ConnInfo>, r: Request<Incoming>| proxy.clone().handle(c, r));

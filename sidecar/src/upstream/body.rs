@@ -204,6 +204,18 @@ impl RequestBody {
     }
 }
 
+/// Largest frame a replayed body is sent in.
+const REPLAY_FRAME: usize = 64 << 10;
+
+/// The next slice of `data`, at most [`REPLAY_FRAME`] long.
+fn take_slice(data: &mut Option<Bytes>) -> Option<Bytes> {
+    let d = data.as_mut()?;
+    if d.len() <= REPLAY_FRAME {
+        return data.take();
+    }
+    Some(d.split_to(REPLAY_FRAME))
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = ClientBodyError;
@@ -216,8 +228,10 @@ impl Body for RequestBody {
             p.map(|f| f.map(|r| r.map_err(ClientBodyError::Failed)))
         };
         match self.get_mut() {
+            // In slices: a connection's flat write buffer grows to what one frame holds and
+            // keeps that capacity while pooled (the slices share the one buffer, no copy).
             RequestBody::Replay { data, trailers } => Poll::Ready(
-                data.take()
+                take_slice(data)
                     .map(Frame::data)
                     .or_else(|| trailers.take().map(|t| Frame::trailers(*t)))
                     .map(Ok),
@@ -288,6 +302,17 @@ mod tests {
 
     /// A request sent upstream is carried, body included, in hyper's dispatch channel, whose
     /// blocks hold 32 of them per upstream connection.
+    #[tokio::test]
+    async fn a_replayed_body_goes_in_slices_of_at_most_64_kib() {
+        let data = Bytes::from(vec![7u8; (150 << 10) + 1]);
+        let mut body = RequestBody::replay(&data, &None);
+        let mut sizes = Vec::new();
+        while let Some(f) = http_body_util::BodyExt::frame(&mut body).await {
+            sizes.push(f.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes, [64 << 10, 64 << 10, (22 << 10) + 1]);
+    }
+
     #[test]
     fn an_upstream_request_body_stays_small() {
         let size = std::mem::size_of::<RequestBody>();

@@ -18,6 +18,7 @@ use infermesh_crds::mesh::{Protocol, ROUTED_HEADER};
 
 use super::body::RequestBody;
 use super::pool::{ConnPool, Lent, SendError};
+use super::replay::ReplayPool;
 
 pub(crate) static ROUTED: http::HeaderName = http::HeaderName::from_static(ROUTED_HEADER);
 
@@ -25,10 +26,14 @@ pub(crate) static ROUTED: http::HeaderName = http::HeaderName::from_static(ROUTE
 pub(crate) struct Upstream {
     h2: Client<HttpConnector, RequestBody>,
     connect_timeout: Duration,
+    /// Longest silence between two frames of a client's request body sent upstream.
+    pub(crate) body_idle: Duration,
+    /// The sidecar-wide cap on bodies kept for retries.
+    pub(crate) replay: Arc<ReplayPool>,
 }
 
 impl Upstream {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
+    pub(crate) fn new(connect_timeout: Duration, body_idle: Duration, replay_cap: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -43,6 +48,8 @@ impl Upstream {
         Self {
             h2,
             connect_timeout,
+            body_idle,
+            replay: ReplayPool::new(replay_cap),
         }
     }
 
