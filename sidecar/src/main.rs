@@ -32,7 +32,8 @@ fn tune_allocator() {
 
 /// mimalloc carries out a delayed purge only when the heap is next used: a sidecar that goes idle
 /// after a burst would keep the burst's pages. So each worker thread, as it parks (runs out of
-/// work), collects its heap, at most once a second: the expired purges happen then.
+/// work), collects its heap, at most once a second: the expired purges happen then. A one-second
+/// tick (`run`) makes sure an idle runtime still parks, and so collects, now and then.
 #[cfg(feature = "mimalloc")]
 #[allow(unsafe_code)]
 fn collect_when_idle() {
@@ -92,6 +93,14 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         "infermesh-sidecar starting"
     );
     let sidecar = infermesh_sidecar::start(opts).await?;
+    #[cfg(feature = "mimalloc")]
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            collect_when_idle();
+        }
+    });
     let signal = infermesh_admin::shutdown_signal().await;
     tracing::info!(%signal, "draining");
     let drained = sidecar.shutdown(drain).await;

@@ -33,6 +33,8 @@ use crate::request::body::ResponseBody;
 /// The HTTP/2 connection preface (RFC 9113 §3.4): a client speaking HTTP/2 with prior knowledge
 /// opens with it; anything else is HTTP/1.x.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Largest read buffer of a client connection, unless the header cap is larger.
+const READ_BUF_MAX: usize = 64 << 10;
 /// How long a new connection may stay silent (hyper bounds reading a request head the same way).
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -57,7 +59,10 @@ impl Servers {
         h1.timer(TokioTimer::new())
             .keep_alive(true)
             .writev(false)
-            .max_header_size(max_header_bytes);
+            .max_header_size(max_header_bytes)
+            // The read buffer, which body chunks are cut from: bounded, so what a pooled
+            // upstream connection's write buffer grows to (one chunk) stays small too.
+            .max_buf_size(max_header_bytes.max(READ_BUF_MAX));
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
