@@ -21,6 +21,9 @@ fn observe<'a>(resolved: &'a [ResolvedVariant], rev: &str) -> Observation<'a> {
         clashes: &[],
         refusal: None,
         overlaps: &[],
+        namespace: "ns",
+        sidecars: None,
+        unmeshed: &[],
     }
 }
 
