@@ -17,7 +17,7 @@ use kube::runtime::{
 };
 use serde_json::json;
 
-use super::{Context, FINALIZER, RESYNC, error_policy, reconcile};
+use super::{Context, FINALIZER, PROPAGATION_RECHECK, RESYNC, error_policy, reconcile};
 use crate::{
     error::Error,
     fixtures::{
@@ -29,6 +29,7 @@ use crate::{
 
 mod calls;
 mod clashes;
+mod enforcement;
 mod isolation;
 use calls::*;
 
