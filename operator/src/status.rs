@@ -262,11 +262,10 @@ pub fn compute_status(
             cond(READY, ready),
             cond(CONFIG_GENERATED, config),
             cond(ENDPOINTS_AVAILABLE, endpoints),
-            cond(SIDECARS_INJECTED, {
-                let (status, reason, message) =
-                    sidecars::injected_condition(obs.unmeshed, obs.namespace);
-                (status, reason, message)
-            }),
+            cond(
+                SIDECARS_INJECTED,
+                sidecars::injected_condition(obs.unmeshed, obs.namespace),
+            ),
         ],
         variants: obs
             .resolved

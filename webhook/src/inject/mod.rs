@@ -341,7 +341,10 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 fn injected_label(pod: &Pod) -> PatchOperation {
     match pod.metadata.labels.as_ref() {
         // `add` on an existing member replaces it (RFC 6902 §4.1).
-        Some(_) => add(&["metadata", "labels", SIDECAR_LABEL], json!(SIDECAR_INJECTED)),
+        Some(_) => add(
+            &["metadata", "labels", SIDECAR_LABEL],
+            json!(SIDECAR_INJECTED),
+        ),
         None => add(
             &["metadata", "labels"],
             json!({ SIDECAR_LABEL: SIDECAR_INJECTED }),

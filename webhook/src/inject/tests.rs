@@ -452,17 +452,26 @@ fn injected_pods_are_labelled_for_the_service_and_skipped_ones_are_not() {
         json_patch::patch(&mut doc, &out.patch).expect("patch applies");
         doc["metadata"]["labels"][infermesh_crds::SIDECAR_LABEL].clone()
     };
-    assert_eq!(label(pod(model()), &NamespaceInfo::enabled("ml")), json!("injected"));
+    assert_eq!(
+        label(pod(model()), &NamespaceInfo::enabled("ml")),
+        json!("injected")
+    );
     let opted_out = pod(json!({
         "metadata": { "annotations": { "infermesh.io/inject": "disabled" } },
         "spec": { "containers": [app("m", &[8080])] },
     }));
     assert_eq!(label(opted_out, &NamespaceInfo::enabled("ml")), Value::Null);
-    assert_eq!(label(pod(model()), &NamespaceInfo::new("plain")), Value::Null);
+    assert_eq!(
+        label(pod(model()), &NamespaceInfo::new("plain")),
+        Value::Null
+    );
     // A label of that name set by hand on a pod the webhook injects is overwritten.
     let forged = pod(json!({
         "metadata": { "labels": { "infermesh.io/sidecar": "no" } },
         "spec": { "containers": [app("m", &[8080])] },
     }));
-    assert_eq!(label(forged, &NamespaceInfo::enabled("ml")), json!("injected"));
+    assert_eq!(
+        label(forged, &NamespaceInfo::enabled("ml")),
+        json!("injected")
+    );
 }
