@@ -240,9 +240,8 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     let mut neighbours = ctx.members(&ns, ms.uid().as_deref());
     neighbours.push(Arc::new(ms.clone()));
     let names = overlap::names(&neighbours);
-    let own: Vec<&Pod> = overlap::own_pods(&name, &names, pods.iter().map(|p| p.as_ref()))
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
+    let own: Vec<&Pod> =
+        overlap::own_pods(&name, &names, pods.iter().map(|p| p.as_ref())).collect();
     let resolved = resolve(&ms.spec, &ns, own.iter().copied());
     let unmeshed = meshing::unmeshed(&ms.spec, own.iter().copied());
     let overlaps = overlap::overlaps(ms, &neighbours, &pods);
