@@ -57,6 +57,17 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(cols, ["Ready", "Variants", "Endpoints", "Revision", "Age"]);
+        assert_eq!(
+            cols,
+            [
+                "Ready",
+                "Variants",
+                "Endpoints",
+                "Enforced",
+                "Sidecars",
+                "Revision",
+                "Age"
+            ]
+        );
     }
 }

@@ -19,6 +19,16 @@ pub const INJECT_ANNOTATION: &str = "infermesh.io/inject";
 /// Name of the sidecar container the webhook injects; a pod that has it is "meshed".
 pub const SIDECAR_CONTAINER: &str = "infermesh-sidecar";
 
+/// Label the webhook puts on every pod it injects (value [`SIDECAR_INJECTED`]); the Service
+/// fronting a ModelService selects it too, so kube-proxy sends only to pods whose sidecar listens
+/// on the Service's target port.
+pub const SIDECAR_LABEL: &str = "infermesh.io/sidecar";
+/// Value of [`SIDECAR_LABEL`].
+pub const SIDECAR_INJECTED: &str = "injected";
+
+/// Response header of the sidecar's `/ready` naming the mesh config revision it enforces.
+pub const REVISION_HEADER: &str = "x-infermesh-revision";
+
 /// Label users put on every pod of a ModelService (value: the ModelService's name); the Service
 /// that fronts the ModelService selects pods by it.
 pub const MODELSERVICE_LABEL: &str = "infermesh.io/modelservice";

@@ -42,7 +42,7 @@ pub const MAX_ROUTES: usize = 32;
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
-        description = "Whether the mesh config is published and every weighted variant has ready endpoints"
+        description = "Whether the mesh config is published, every weighted variant has ready endpoints, and the serving sidecars enforce it"
     ),
     printcolumn(
         name = "Variants",
@@ -55,6 +55,18 @@ pub const MAX_ROUTES: usize = 32;
         type_ = "integer",
         json_path = ".status.readyEndpoints",
         description = "Ready endpoints over all variants"
+    ),
+    printcolumn(
+        name = "Enforced",
+        type_ = "integer",
+        json_path = ".status.sidecarsOnRevision",
+        description = "Sidecars of the serving pods that report this ModelService's mesh config revision"
+    ),
+    printcolumn(
+        name = "Sidecars",
+        type_ = "integer",
+        json_path = ".status.sidecarsTotal",
+        description = "Serving pods that run the infermesh sidecar"
     ),
     printcolumn(
         name = "Revision",
@@ -459,6 +471,44 @@ pub struct ModelServiceStatus {
     /// When that revision was published to the sidecars (written to the mesh ConfigMap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_published_at: Option<Time>,
+    /// Serving pods (Ready endpoints) that run the infermesh sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars_total: Option<i32>,
+    /// Of those, the sidecars that report enforcing a mesh config that carries this
+    /// ModelService's current entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars_on_revision: Option<i32>,
+    /// The first sidecars (by pod name, at most 10) that do not enforce it yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub lagging_sidecars: Vec<LaggingSidecar>,
+    /// Pods the variants select that the Service does not send to because they lack the
+    /// sidecar (first 10 by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub unmeshed_pods: Vec<UnmeshedPod>,
+}
+
+/// A sidecar that does not enforce the ModelService's revision yet.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LaggingSidecar {
+    /// Pod name.
+    pub pod: String,
+    /// The revision its sidecar reports, or `unknown` when it could not be asked.
+    pub revision: String,
+}
+
+/// A pod without the sidecar, and why it has none.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnmeshedPod {
+    /// Pod name.
+    pub name: String,
+    /// `OptedOut` (pod annotation infermesh.io/inject=disabled), `NotInjected` (created while
+    /// injection was off or the webhook was down) or `NotLabelled` (runs the sidecar but lacks
+    /// the infermesh.io/sidecar=injected label the Service selects).
+    pub reason: String,
 }
 
 /// Observed state of one variant.

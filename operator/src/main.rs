@@ -25,11 +25,13 @@ mod error;
 #[cfg(test)]
 mod fixtures;
 mod lease;
+mod meshing;
 mod metrics;
 mod overlap;
 mod ownership;
 mod resources;
 mod screening;
+mod sidecars;
 mod status;
 
 #[derive(Parser, Debug)]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use infermesh_crds::{
-    MODELSERVICE_LABEL, ModelService,
+    MODELSERVICE_LABEL, ModelService, SIDECAR_INJECTED, SIDECAR_LABEL,
     mesh::{CONFIG_MAP_KEY, CONFIG_MAP_NAME, MeshConfig},
     model_service::Protocol,
     ports,
@@ -116,7 +116,9 @@ pub fn reader_role_binding(namespace: &str, owners: &[&ModelService]) -> RoleBin
 }
 
 /// The Service fronting `ms`: same name, port 80 → the sidecars' inbound port, selecting the pods
-/// labelled `infermesh.io/modelservice=<name>`.
+/// labelled `infermesh.io/modelservice=<name>` that the webhook labelled `infermesh.io/sidecar=
+/// injected`: a pod without the sidecar has nothing listening on 15006, so kube-proxy must not
+/// send it a share (see `meshing`, which reports such pods).
 pub fn front_service(ms: &ModelService) -> Service {
     let name = ms.name_any();
     let app_protocol = match ms.spec.protocol {
@@ -132,7 +134,10 @@ pub fn front_service(ms: &ModelService) -> Service {
             ..Default::default()
         },
         spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([(MODELSERVICE_LABEL.to_string(), name)])),
+            selector: Some(BTreeMap::from([
+                (MODELSERVICE_LABEL.to_string(), name),
+                (SIDECAR_LABEL.to_string(), SIDECAR_INJECTED.to_string()),
+            ])),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: SERVICE_PORT,
@@ -164,12 +169,12 @@ mod tests {
         assert_eq!(port.port, 80);
         assert_eq!(port.target_port, Some(IntOrString::Int(15006)));
         assert_eq!(
-            spec.selector
-                .as_ref()
-                .unwrap()
-                .get(MODELSERVICE_LABEL)
-                .map(String::as_str),
-            Some("llm")
+            spec.selector,
+            Some(BTreeMap::from([
+                (MODELSERVICE_LABEL.to_string(), "llm".to_string()),
+                (SIDECAR_LABEL.to_string(), "injected".to_string()),
+            ])),
+            "only pods the webhook injected, whose sidecar listens on the target port"
         );
         assert_eq!(claim_service(Some(&svc.metadata), &ms), Claim::Ours);
         let other = model_service("other", "ns", spec_with(&[("stable", 100, "v1")]));

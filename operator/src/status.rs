@@ -4,13 +4,32 @@
 //! order a person must act on them: a name clash (an object of someone else's under a name the
 //! operator writes), a spec the mesh refuses (`InvalidSpec`), an entry that does not fit in the
 //! namespace's config (`ConfigTooLarge`), selectors reaching another ModelService's pods
-//! (`OverlappingSelector`), then endpoints. Each of the first four is a Warning event once per
-//! distinct message.
+//! (`OverlappingSelector`), then endpoints, then sidecars that do not enforce the ModelService's
+//! revision yet (`Propagating`): `Ready=True` means the serving pods' sidecars enforce it, not only
+//! that it was written. Each of the first four is a Warning event once per distinct message, and
+//! so is a change in the set of selected pods that run no sidecar (`SidecarsInjected=False`).
+//!
+//! Events carry the numbers of the revision they announce, and each distinct note is its own
+//! event series (`Notice::action`): the recorder folds events of one reason and action into a
+//! series that keeps its first note, which would tell an older revision's weights and endpoints.
 
-use infermesh_crds::{ModelServiceSpec, ModelServiceStatus, model_service::VariantStatus};
+use infermesh_crds::{
+    ModelServiceSpec, ModelServiceStatus,
+    mesh::fnv1a,
+    model_service::{UnmeshedPod, VariantStatus},
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::{endpoints::ResolvedVariant, overlap::Overlap, ownership::Clash, screening::Refusal};
+use crate::{
+    endpoints::ResolvedVariant,
+    overlap::Overlap,
+    ownership::Clash,
+    screening::Refusal,
+    sidecars::{Enforcement, LISTED},
+};
+
+mod sidecars;
+pub use sidecars::{PROPAGATING, SIDECARS_INJECTED, UNMESHED_PODS};
 
 pub const READY: &str = "Ready";
 pub const CONFIG_GENERATED: &str = "ConfigGenerated";
@@ -56,6 +75,12 @@ pub struct Observation<'a> {
     pub refusal: Option<&'a Refusal>,
     /// Pods its variants select that another ModelService has too.
     pub overlaps: &'a [Overlap],
+    /// The ModelService's namespace (the fixes the status suggests name it).
+    pub namespace: &'a str,
+    /// What the serving pods' sidecars enforce; `None` when they were not asked (no entry).
+    pub sidecars: Option<&'a Enforcement>,
+    /// Selected pods the Service does not send to, for lack of the sidecar.
+    pub unmeshed: &'a [UnmeshedPod],
 }
 
 /// What the user reads about a refusal: what failed, what to do, and what is in force meanwhile.
@@ -91,6 +116,16 @@ pub struct Notice {
     pub warning: bool,
     pub reason: &'static str,
     pub note: String,
+}
+
+impl Notice {
+    /// The event's action: `Reconcile-` and a hash of the note. The recorder keys its series by
+    /// reason and action (not note), so without it a second `ConfigRegenerated` within minutes
+    /// would only count the first again, its note telling the first revision's numbers; with it
+    /// each distinct note is its own event, and the same note repeated is one series.
+    pub fn action(&self) -> String {
+        format!("Reconcile-{:08x}", fnv1a(self.note.as_bytes()) as u32)
+    }
 }
 
 /// Variants that can receive traffic: a positive weight, or named by a route.
@@ -179,12 +214,24 @@ pub fn compute_status(
     } else if !obs.overlaps.is_empty() {
         let messages: Vec<String> = obs.overlaps.iter().map(Overlap::message).collect();
         ("False", OVERLAPPING_SELECTOR, messages.join("; "))
+    } else if let Some(e) = obs.sidecars.filter(|e| !e.is_complete())
+        && endpoints.0 == "True"
+    {
+        (
+            "False",
+            PROPAGATING,
+            sidecars::propagating_message(e, revision.as_deref().unwrap_or_default()),
+        )
     } else if endpoints.0 == "True" {
+        let enforced = obs
+            .sidecars
+            .map(|e| format!(", enforced by {} sidecar(s)", e.total))
+            .unwrap_or_default();
         (
             "True",
             "Ready",
             format!(
-                "serving {} via revision {}",
+                "serving {} via revision {}{enforced}",
                 spec.weights_summary(),
                 revision.as_deref().unwrap_or_default()
             ),
@@ -215,6 +262,10 @@ pub fn compute_status(
             cond(READY, ready),
             cond(CONFIG_GENERATED, config),
             cond(ENDPOINTS_AVAILABLE, endpoints),
+            cond(
+                SIDECARS_INJECTED,
+                sidecars::injected_condition(obs.unmeshed, obs.namespace),
+            ),
         ],
         variants: obs
             .resolved
@@ -234,7 +285,18 @@ pub fn compute_status(
             .map(|e| e.at.clone())
             .or_else(|| prev.and_then(|p| p.config_published_at.clone()))
             .filter(|_| !dropped),
+        sidecars_total: obs.sidecars.map(|e| count(e.total)),
+        sidecars_on_revision: obs.sidecars.map(|e| count(e.on_revision)),
+        lagging_sidecars: obs
+            .sidecars
+            .map(|e| e.lagging.iter().take(LISTED).cloned().collect())
+            .unwrap_or_default(),
+        unmeshed_pods: obs.unmeshed.iter().take(LISTED).cloned().collect(),
     }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// Events for what changed between `prev` and `next`; nothing when nothing a person cares about did.
@@ -309,13 +371,32 @@ pub fn notices(
         .iter()
         .any(|c| c.type_ == READY && c.status == "True");
     if is_ready && !was_ready {
+        let enforced = next
+            .sidecars_total
+            .map(|n| format!(", enforced by {n} sidecar(s)"))
+            .unwrap_or_default();
         out.push(Notice {
             warning: false,
             reason: "Ready",
             note: format!(
-                "every variant has ready endpoints ({})",
-                spec.weights_summary()
+                "every variant has ready endpoints ({}) at mesh config revision {}{enforced}",
+                spec.weights_summary(),
+                next.revision.as_deref().unwrap_or_default()
             ),
+        });
+    }
+    let injected_of = |s: Option<&ModelServiceStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == SIDECARS_INJECTED))
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    if let Some((status, message)) = injected_of(Some(next))
+        && status == "False"
+        && injected_of(prev) != Some((status, message.clone()))
+    {
+        out.push(Notice {
+            warning: true,
+            reason: UNMESHED_PODS,
+            note: message,
         });
     }
     out

@@ -4,7 +4,9 @@
 //! only what it made (`ownership`): a name held by someone else's object is a clash on the status.
 //! The config carries only the entries `screening` lets through (valid, under the size cap; a
 //! refused one keeps its last valid entry), and a refusal or an `overlap` of selectors is reported
-//! on the ModelService concerned alone.
+//! on the ModelService concerned alone. `Ready` waits for the serving pods' sidecars to report the
+//! entry's revision (`sidecars`; a lagging one is asked again after [`PROPAGATION_RECHECK`]), and
+//! selected pods without the sidecar are listed on the status (`meshing`).
 //!
 //! This file is the contract — [`Context`], `reconcile` (the finalizer dispatching to `apply` and
 //! `cleanup`), `error_policy` and [`run`]. Below it: `publication` (what was published in each
@@ -42,13 +44,15 @@ use kube::{
 
 use crate::{
     backoff::Backoff,
-    endpoints::resolve,
+    endpoints::{self, resolve},
     error::Error,
+    meshing,
     metrics::Metrics,
     overlap,
     ownership::{self, Claim, Clash},
     resources,
     screening::Screened,
+    sidecars::{self, Sidecars, Target},
     status::{self, Observation},
 };
 
@@ -66,6 +70,9 @@ use watches::{EndpointIndex, OverlapIndex};
 pub const FINALIZER: &str = "infermesh.io/cleanup";
 /// Periodic re-check of a healthy ModelService.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Re-check of a ModelService whose serving sidecars do not all enforce its revision yet: a
+/// sidecar applies a ConfigMap change within seconds of the watch event.
+pub const PROPAGATION_RECHECK: Duration = Duration::from_secs(3);
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -80,6 +87,8 @@ pub struct Context {
     overlapping: OverlapIndex,
     /// Wakes other ModelServices (an overlap appeared or went on this side).
     wake: mpsc::UnboundedSender<ObjectRef<ModelService>>,
+    /// Asks serving pods' sidecars which revision they enforce.
+    sidecars: Arc<dyn Sidecars>,
 }
 
 impl Context {
@@ -90,10 +99,12 @@ impl Context {
         pods: Store<Pod>,
         services: Store<ModelService>,
         wake: mpsc::UnboundedSender<ObjectRef<ModelService>>,
+        sidecars: Arc<dyn Sidecars>,
     ) -> Self {
         Self {
             overlapping: OverlapIndex::default(),
             wake,
+            sidecars,
             client,
             recorder,
             metrics,
@@ -229,8 +240,10 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     let mut neighbours = ctx.members(&ns, ms.uid().as_deref());
     neighbours.push(Arc::new(ms.clone()));
     let names = overlap::names(&neighbours);
-    let own = overlap::own_pods(&name, &names, pods.iter().map(|p| p.as_ref()));
-    let resolved = resolve(&ms.spec, &ns, own);
+    let own: Vec<&Pod> =
+        overlap::own_pods(&name, &names, pods.iter().map(|p| p.as_ref())).collect();
+    let resolved = resolve(&ms.spec, &ns, own.iter().copied());
+    let unmeshed = meshing::unmeshed(&ms.spec, own.iter().copied());
     let overlaps = overlap::overlaps(ms, &neighbours, &pods);
     let others = overlaps.iter().map(|o| o.other.clone()).collect();
     ctx.wake(&ns, ctx.overlapping.set(&ns, &name, others));
@@ -246,7 +259,7 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
     // equal the status read back, and an unchanged status would be rewritten at every reconcile.
     let now = Timestamp::now();
     let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
-    let (stamp, mut clashes, refusal) = {
+    let (stamp, in_force, mut clashes, refusal) = {
         let namespace = ctx.publications.namespace(&ns);
         let mut published = namespace.published.lock().await;
         let mut members = ctx.members(&ns, ms.uid().as_deref());
@@ -258,14 +271,14 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
                     let changed = publication::entry_changed(&previous, &config, &name);
                     let prev = ms.status.as_ref();
                     let stamp = published.stamp(&name, changed, prev, &config.revision, &now);
-                    (Some(stamp), vec![], refusal)
+                    (Some(stamp), Some(config.revision), vec![], refusal)
                 } else {
                     // Not carried (refused, never valid): a later entry gets a new stamp.
                     published.forget(&name);
-                    (None, vec![], refusal)
+                    (None, None, vec![], refusal)
                 }
             }
-            Publication::Blocked(clashes) => (None, clashes, None),
+            Publication::Blocked(clashes) => (None, None, clashes, None),
         }
     };
 
@@ -281,6 +294,22 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
         }),
     }
 
+    // A sidecar enforces this entry when it runs the config that last changed it (the stamp) or
+    // the namespace's config now; a revision between the two would do too, but is not
+    // remembered: such a sidecar counts as lagging for the seconds until it catches up.
+    let enforcement = match (&stamp, in_force) {
+        (Some(stamp), Some(in_force)) => {
+            let mut accepted = vec![in_force];
+            if !accepted.contains(&stamp.revision) {
+                accepted.push(stamp.revision.clone());
+            }
+            let targets = serving_sidecars(&resolved, &own);
+            let reports = ctx.sidecars.revisions(&targets, &accepted).await;
+            Some(sidecars::summarise(reports, &accepted))
+        }
+        _ => None,
+    };
+
     let obs = Observation {
         generation: ms.metadata.generation,
         resolved: &resolved,
@@ -291,6 +320,9 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
         clashes: &clashes,
         refusal: refusal.as_ref(),
         overlaps: &overlaps,
+        namespace: &ns,
+        sidecars: enforcement.as_ref(),
+        unmeshed: &unmeshed,
     };
     let prev = ms.status.as_ref();
     let next = status::compute_status(&ms.spec, prev, &obs, &now);
@@ -298,17 +330,46 @@ async fn apply(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
         writes::write_status(&ctx.client, &ns, &name, &next).await?;
     }
     for notice in status::notices(&ms.spec, prev, &next, &resolved) {
+        let action = notice.action();
         writes::publish_event(
             &ctx.recorder,
             ms,
             notice.warning,
             notice.reason,
             notice.note,
-            "Reconcile",
+            &action,
         )
         .await;
     }
+    if enforcement.is_some_and(|e| !e.is_complete()) {
+        return Ok(Action::requeue(PROPAGATION_RECHECK));
+    }
     Ok(Action::requeue(RESYNC))
+}
+
+/// The meshed endpoints of `resolved`, each pod once, with what it takes to ask its sidecar.
+fn serving_sidecars(resolved: &[endpoints::ResolvedVariant], own: &[&Pod]) -> Vec<Target> {
+    let names: std::collections::BTreeSet<&str> = resolved
+        .iter()
+        .flat_map(|v| v.endpoints.iter())
+        .filter(|e| e.meshed)
+        .filter_map(|e| e.pod.as_deref())
+        .collect();
+    own.iter()
+        .filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| names.contains(n))
+        })
+        .filter_map(|p| {
+            Some(Target {
+                pod: p.name_any(),
+                uid: p.uid()?,
+                ip: p.status.as_ref()?.pod_ip.clone()?,
+            })
+        })
+        .collect()
 }
 
 async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
@@ -410,6 +471,7 @@ pub async fn run(
         pods,
         services.clone(),
         wake,
+        Arc::new(sidecars::AdminPort::default()),
     ));
     let pod_mapper = watches::pod_to_model_services(services.clone(), ctx.listed.clone());
     let services_for_names = services.clone();

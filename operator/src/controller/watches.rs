@@ -146,10 +146,19 @@ pub fn model_services(
     .predicate_filter(trigger_hash, Default::default())
 }
 
-/// Keeps only what reconciles read from a pod: labels, containers' names, readiness and IP.
+/// Keeps only what reconciles read from a pod: labels, the injection opt-out annotation,
+/// containers' names, readiness and IP.
 fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
+    pod.metadata.annotations = pod
+        .metadata
+        .annotations
+        .take()
+        .map(|mut a| {
+            a.retain(|k, _| k == infermesh_crds::INJECT_ANNOTATION);
+            a
+        })
+        .filter(|a| !a.is_empty());
     if let Some(spec) = pod.spec.as_mut() {
         let names = |cs: &mut Vec<Container>| {
             for c in cs.iter_mut() {
@@ -319,6 +328,23 @@ mod tests {
         assert!(is_meshed(&p));
         assert_eq!(pod_endpoint(&p, 8080), before);
         assert_eq!(p.labels().get("version").map(String::as_str), Some("v1"));
+        assert!(p.metadata.annotations.is_none());
+
+        // An opted-out pod keeps what says so, and nothing else.
+        let mut opted = pod("b", "ns", "v1", None, false, false);
+        opted.annotations_mut().extend([
+            (
+                infermesh_crds::INJECT_ANNOTATION.to_string(),
+                "disabled".to_string(),
+            ),
+            ("big".to_string(), "x".repeat(1000)),
+        ]);
+        slim_pod(&mut opted);
+        assert_eq!(
+            crate::meshing::unmeshed_reason(&opted),
+            Some(crate::meshing::OPTED_OUT)
+        );
+        assert_eq!(opted.annotations().len(), 1);
     }
 
     #[test]

@@ -21,6 +21,9 @@ fn observe<'a>(resolved: &'a [ResolvedVariant], rev: &str) -> Observation<'a> {
         clashes: &[],
         refusal: None,
         overlaps: &[],
+        namespace: "ns",
+        sidecars: None,
+        unmeshed: &[],
     }
 }
 
@@ -332,4 +335,192 @@ fn problems_come_in_the_order_to_fix_them() {
             .iter()
             .any(|n| n.warning && n.reason == OVERLAPPING_SELECTOR)
     );
+}
+
+#[test]
+fn each_revision_is_announced_by_its_own_event_with_its_own_numbers() {
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, false)];
+    let r = resolve(&spec, "ns", &pods);
+    let s1 = compute_status(&spec, None, &observe(&r, "r1"), &t(1));
+    let spec2 = spec_with(&[("stable", 100, "v1"), ("canary", 0, "v2")]);
+    let r2 = resolve(&spec2, "ns", &pods);
+    let s2 = compute_status(&spec2, Some(&s1), &observe(&r2, "r2"), &t(2));
+    let first = &notices(&spec, None, &s1, &r)[0];
+    let second = &notices(&spec2, Some(&s1), &s2, &r2)[0];
+    assert_eq!(
+        (first.reason, second.reason),
+        ("ConfigRegenerated", "ConfigRegenerated")
+    );
+    assert!(first.note.contains("revision r1") && second.note.contains("revision r2"));
+    assert!(
+        second.note.contains("stable=100,canary=0"),
+        "{}",
+        second.note
+    );
+    // The recorder keys a series by reason and action: distinct notes never share one.
+    assert_ne!(first.action(), second.action());
+    assert_eq!(
+        first.action(),
+        first.clone().action(),
+        "the same note, the same series"
+    );
+    assert!(first.action().starts_with("Reconcile-"));
+}
+
+fn lagging(pods: &[(&str, &str)], total: usize) -> crate::sidecars::Enforcement {
+    let lagging: Vec<_> = pods
+        .iter()
+        .map(|(p, r)| infermesh_crds::model_service::LaggingSidecar {
+            pod: p.to_string(),
+            revision: r.to_string(),
+        })
+        .collect();
+    crate::sidecars::Enforcement {
+        total,
+        on_revision: total - lagging.len(),
+        lagging,
+    }
+}
+
+#[test]
+fn ready_waits_for_the_sidecars_and_lists_at_most_ten_laggards() {
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, true)];
+    let r = resolve(&spec, "ns", &pods);
+    let names: Vec<String> = (0..12).map(|i| format!("p{i:02}")).collect();
+    let behind: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "r0")).collect();
+    let e = lagging(&behind, 20);
+    let obs = Observation {
+        sidecars: Some(&e),
+        ..observe(&r, "r1")
+    };
+    let s = compute_status(&spec, None, &obs, &t(1));
+    let ready = cond(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", PROPAGATING)
+    );
+    assert!(
+        ready.message.starts_with(
+            "12 of 20 sidecar(s) do not enforce mesh config revision r1 yet: p00 (runs r0), "
+        ),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.ends_with("p09 (runs r0), and 2 more"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(s.lagging_sidecars.len(), 10);
+    assert_eq!(
+        (s.sidecars_total, s.sidecars_on_revision),
+        (Some(20), Some(8))
+    );
+    let told: Vec<_> = notices(&spec, None, &s, &r)
+        .into_iter()
+        .map(|n| n.reason)
+        .collect();
+    assert_eq!(
+        told,
+        ["ConfigRegenerated"],
+        "not Ready, and propagating is not a warning"
+    );
+
+    // Missing endpoints come first: they are what a person must fix.
+    let none = resolve(&spec, "ns", &[]);
+    let obs = Observation {
+        sidecars: Some(&e),
+        ..observe(&none, "r1")
+    };
+    assert_eq!(
+        cond(&compute_status(&spec, None, &obs, &t(1)), READY).reason,
+        "NoReadyEndpoints"
+    );
+
+    let synced = lagging(&[], 20);
+    let obs = Observation {
+        sidecars: Some(&synced),
+        ..observe(&r, "r1")
+    };
+    let ready_now = compute_status(&spec, Some(&s), &obs, &t(2));
+    assert_eq!(cond(&ready_now, READY).status, "True");
+    assert!(ready_now.lagging_sidecars.is_empty());
+    let n = notices(&spec, Some(&s), &ready_now, &r);
+    assert_eq!(n[0].reason, "Ready");
+    assert!(
+        n[0].note.contains("revision r1, enforced by 20 sidecar(s)"),
+        "{}",
+        n[0].note
+    );
+}
+
+#[test]
+fn unmeshed_pods_are_warned_about_once_per_set_and_cleared_once_meshed() {
+    use infermesh_crds::model_service::UnmeshedPod;
+    let spec = spec_with(&[("stable", 100, "v1")]);
+    let pods = [pod("a", "ns", "v1", Some("198.18.64.5"), true, true)];
+    let r = resolve(&spec, "ns", &pods);
+    let one = [UnmeshedPod {
+        name: "b".into(),
+        reason: "OptedOut".into(),
+    }];
+    let obs = Observation {
+        unmeshed: &one,
+        ..observe(&r, "r1")
+    };
+    let s1 = compute_status(&spec, None, &obs, &t(1));
+    let injected = cond(&s1, SIDECARS_INJECTED);
+    assert_eq!(
+        (injected.status.as_str(), injected.reason.as_str()),
+        ("False", sidecars::PODS_OPTED_OUT)
+    );
+    assert!(
+        !injected.message.contains("kubectl delete"),
+        "{}",
+        injected.message
+    );
+    assert_eq!(
+        cond(&s1, READY).status,
+        "True",
+        "the Service still has meshed pods"
+    );
+    assert_eq!(s1.unmeshed_pods, one);
+    let warned = |prev, next: &ModelServiceStatus| {
+        notices(&spec, prev, next, &r)
+            .into_iter()
+            .filter(|n| n.reason == UNMESHED_PODS)
+            .count()
+    };
+    assert_eq!(warned(None, &s1), 1);
+    assert_eq!(
+        warned(Some(&s1), &compute_status(&spec, Some(&s1), &obs, &t(2))),
+        0
+    );
+
+    let two = [
+        one[0].clone(),
+        UnmeshedPod {
+            name: "c".into(),
+            reason: "NotInjected".into(),
+        },
+    ];
+    let obs = Observation {
+        unmeshed: &two,
+        ..observe(&r, "r1")
+    };
+    let s2 = compute_status(&spec, Some(&s1), &obs, &t(3));
+    assert_eq!(cond(&s2, SIDECARS_INJECTED).reason, UNMESHED_PODS);
+    assert!(
+        cond(&s2, SIDECARS_INJECTED)
+            .message
+            .contains("kubectl delete pod c -n ns")
+    );
+    assert_eq!(warned(Some(&s1), &s2), 1, "a new set is told again");
+
+    let s3 = compute_status(&spec, Some(&s2), &observe(&r, "r1"), &t(4));
+    assert_eq!(cond(&s3, SIDECARS_INJECTED).status, "True");
+    assert!(s3.unmeshed_pods.is_empty());
+    assert_eq!(warned(Some(&s2), &s3), 0);
 }

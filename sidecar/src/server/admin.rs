@@ -2,9 +2,15 @@
 //! config is loaded and the listeners are up, and again while draining), `/metrics` (Prometheus
 //! text) and `/config` (the config in force, with its revision, as JSON).
 //!
-//! Probes and metrics answer anyone who reaches the port (the kubelet, Prometheus). `/config`
-//! lists every endpoint of the namespace, pod names and IPs: it answers only on localhost, that
-//! is from inside the pod (`kubectl exec`) or through `kubectl port-forward`.
+//! Probes and metrics answer anyone who reaches the port (the kubelet, Prometheus, the
+//! operator). `/config` lists every endpoint of the namespace, pod names and IPs: it answers only
+//! on localhost, that is from inside the pod (`kubectl exec`) or through `kubectl port-forward`.
+//!
+//! Once a config is loaded, every `/ready` answer carries the revision in force in an
+//! `x-infermesh-revision` header: that is how the operator learns what each sidecar enforces. It
+//! reads this port from outside the pod, so the sidecar needs no API rights of its own (it runs
+//! under the pod's service account, shared with the model, which must not patch pods), and the
+//! answer cannot be older than the proxy's routing table, since it is read from the same store.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -13,8 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use infermesh_admin::{LIVE_PATH, METRICS_PATH, READY_PATH, openmetrics_response};
+
+use infermesh_crds::REVISION_HEADER;
 
 use crate::config::store::ConfigStore;
 use crate::request::body::ResponseBody;
@@ -28,10 +35,10 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    pub(crate) async fn handle(
+    pub(crate) async fn handle<B>(
         self: Arc<Self>,
         peer: IpAddr,
-        req: Request<Incoming>,
+        req: Request<B>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         Ok(self.answer(peer, req.method(), req.uri().path()))
     }
@@ -43,7 +50,7 @@ impl Admin {
         match path {
             LIVE_PATH => text(StatusCode::OK, "live\n"),
             READY_PATH => {
-                if self.draining.load(Ordering::Acquire) {
+                let mut r = if self.draining.load(Ordering::Acquire) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
                 } else if !self.store.is_loaded() {
                     text(
@@ -57,7 +64,13 @@ impl Admin {
                     )
                 } else {
                     text(StatusCode::OK, "ready\n")
+                };
+                if self.store.is_loaded()
+                    && let Ok(v) = HeaderValue::from_str(&self.store.current().revision)
+                {
+                    r.headers_mut().insert(REVISION_HEADER, v);
                 }
+                r
             }
             METRICS_PATH => openmetrics_response(self.store.metrics.encode()),
             CONFIG_PATH if !peer.is_loopback() => text(
@@ -100,8 +113,42 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::state::EwmaPolicy;
-    use crate::metrics::Metrics;
+    use crate::{endpoint::state::EwmaPolicy, metrics::Metrics};
+
+    async fn ready(admin: &Arc<Admin>) -> Response<ResponseBody> {
+        let req = Request::get(READY_PATH).body(()).unwrap();
+        let local = IpAddr::from([127, 0, 0, 1]);
+        admin.clone().handle(local, req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn ready_names_the_revision_in_force_once_a_config_is_loaded() {
+        let store = Arc::new(ConfigStore::new(
+            Arc::new(Metrics::new()),
+            None,
+            EwmaPolicy::default(),
+        ));
+        let admin = Arc::new(Admin {
+            store: store.clone(),
+            listeners_up: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+        });
+        let r = ready(&admin).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().get(REVISION_HEADER).is_none());
+
+        let json = r#"{"revision":"00c0ffee00c0ffee","services":[]}"#;
+        store.apply_json(json.as_bytes(), "test").unwrap();
+        let r = ready(&admin).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[REVISION_HEADER], "00c0ffee00c0ffee");
+
+        // Draining: not ready, but still telling what it enforces.
+        admin.draining.store(true, Ordering::Release);
+        let r = ready(&admin).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[REVISION_HEADER], "00c0ffee00c0ffee");
+    }
 
     #[test]
     fn the_config_answers_only_on_localhost_and_probes_answer_anyone() {

@@ -10,7 +10,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use infermesh_crds::{INJECT_ANNOTATION, ports};
+use infermesh_crds::{INJECT_ANNOTATION, SIDECAR_INJECTED, SIDECAR_LABEL, ports};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
@@ -286,6 +286,7 @@ pub fn decide(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig) -> Outcome {
         None => add(&["spec", "volumes"], json!([sidecar::tmp_volume()])),
     });
     ops.extend(outbound_env_ops(containers));
+    ops.push(injected_label(pod));
     ops.extend(status_patch(pod, &status).0);
     Outcome {
         decision: Decision::Injected,
@@ -335,6 +336,22 @@ fn add(tokens: &[&str], value: Value) -> PatchOperation {
 }
 
 /// Sets the status annotation, or nothing when it already holds `status`.
+/// Labels the pod `infermesh.io/sidecar=injected`: the Service fronting a ModelService selects it,
+/// so kube-proxy never sends to a pod with no sidecar on the Service's target port (15006).
+fn injected_label(pod: &Pod) -> PatchOperation {
+    match pod.metadata.labels.as_ref() {
+        // `add` on an existing member replaces it (RFC 6902 §4.1).
+        Some(_) => add(
+            &["metadata", "labels", SIDECAR_LABEL],
+            json!(SIDECAR_INJECTED),
+        ),
+        None => add(
+            &["metadata", "labels"],
+            json!({ SIDECAR_LABEL: SIDECAR_INJECTED }),
+        ),
+    }
+}
+
 fn status_patch(pod: &Pod, status: &str) -> Patch {
     match pod.metadata.annotations.as_ref() {
         Some(a) if a.get(STATUS_ANNOTATION).map(String::as_str) == Some(status) => Patch(vec![]),

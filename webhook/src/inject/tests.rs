@@ -111,7 +111,7 @@ fn cases() -> Vec<Case> {
             ns: enabled(),
             pod: pod(json!({ "spec": { "containers": [app("model", &[8080])] } })),
             want: Want::Pod(pod(json!({
-                "metadata": { "annotations": { "infermesh.io/injection-status": "injected" } },
+                "metadata": { "labels": { "infermesh.io/sidecar": "injected" }, "annotations": { "infermesh.io/injection-status": "injected" } },
                 "spec": {
                     "initContainers": [expected_sidecar("infermesh/sidecar:0.1.0", Some("8080"), default_resources())],
                     "containers": [{ "name": "model", "image": "model:1", "ports": [{ "containerPort": 8080 }], "env": [outbound()] }],
@@ -126,7 +126,7 @@ fn cases() -> Vec<Case> {
             ns: enabled(),
             pod: pod(json!({ "spec": { "containers": [app("model", &[])] } })),
             want: Want::Pod(pod(json!({
-                "metadata": { "annotations": { "infermesh.io/injection-status": "injected" } },
+                "metadata": { "labels": { "infermesh.io/sidecar": "injected" }, "annotations": { "infermesh.io/injection-status": "injected" } },
                 "spec": {
                     "initContainers": [expected_sidecar("infermesh/sidecar:0.1.0", None, default_resources())],
                     "containers": [{ "name": "model", "image": "model:1", "env": [outbound()] }],
@@ -140,7 +140,7 @@ fn cases() -> Vec<Case> {
             name: "several containers, existing env, init containers, volumes and annotations",
             ns: enabled(),
             pod: pod(json!({
-                "metadata": { "annotations": { "team": "nlp", "infermesh.io/injection-status": "stale" } },
+                "metadata": { "labels": { "app": "llm" }, "annotations": { "team": "nlp", "infermesh.io/injection-status": "stale" } },
                 "spec": {
                     "initContainers": [{ "name": "fetch-weights", "image": "fetch:1" }],
                     "containers": [
@@ -153,7 +153,7 @@ fn cases() -> Vec<Case> {
                 },
             })),
             want: Want::Pod(pod(json!({
-                "metadata": { "annotations": { "team": "nlp", "infermesh.io/injection-status": "injected" } },
+                "metadata": { "labels": { "app": "llm", "infermesh.io/sidecar": "injected" }, "annotations": { "team": "nlp", "infermesh.io/injection-status": "injected" } },
                 "spec": {
                     "initContainers": [
                         expected_sidecar("infermesh/sidecar:0.1.0", Some("9000"), default_resources()),
@@ -190,7 +190,7 @@ fn cases() -> Vec<Case> {
                     "infermesh.io/proxy-cpu": "200m", "infermesh.io/proxy-memory": "512Mi",
                     "infermesh.io/proxy-cpu-limit": "1",
                     "infermesh.io/injection-status": "injected",
-                } },
+                }, "labels": { "infermesh.io/sidecar": "injected" } },
                 "spec": {
                     // The memory request above the default limit lifts the limit.
                     "initContainers": [expected_sidecar("registry.local/sidecar:dev", Some("7000"),
@@ -439,5 +439,39 @@ fn config_image_and_resources_are_used() {
     assert_eq!(
         sc["resources"],
         json!({ "requests": { "cpu": "10m", "memory": "8Mi" }, "limits": { "cpu": "100m" } })
+    );
+}
+
+#[test]
+fn injected_pods_are_labelled_for_the_service_and_skipped_ones_are_not() {
+    let cfg = InjectorConfig::default();
+    let model = || json!({ "spec": { "containers": [app("m", &[8080])] } });
+    let label = |p: Value, ns: &NamespaceInfo| {
+        let out = decide(&serde_json::from_value(p.clone()).expect("pod"), ns, &cfg);
+        let mut doc = p;
+        json_patch::patch(&mut doc, &out.patch).expect("patch applies");
+        doc["metadata"]["labels"][infermesh_crds::SIDECAR_LABEL].clone()
+    };
+    assert_eq!(
+        label(pod(model()), &NamespaceInfo::enabled("ml")),
+        json!("injected")
+    );
+    let opted_out = pod(json!({
+        "metadata": { "annotations": { "infermesh.io/inject": "disabled" } },
+        "spec": { "containers": [app("m", &[8080])] },
+    }));
+    assert_eq!(label(opted_out, &NamespaceInfo::enabled("ml")), Value::Null);
+    assert_eq!(
+        label(pod(model()), &NamespaceInfo::new("plain")),
+        Value::Null
+    );
+    // A label of that name set by hand on a pod the webhook injects is overwritten.
+    let forged = pod(json!({
+        "metadata": { "labels": { "infermesh.io/sidecar": "no" } },
+        "spec": { "containers": [app("m", &[8080])] },
+    }));
+    assert_eq!(
+        label(forged, &NamespaceInfo::enabled("ml")),
+        json!("injected")
     );
 }

@@ -116,7 +116,7 @@ pub(super) fn front_service() -> Value {
             }],
         },
         "spec": {
-            "selector": {"infermesh.io/modelservice": "llm"},
+            "selector": {"infermesh.io/modelservice": "llm", "infermesh.io/sidecar": "injected"},
             "ports": [{"name": "http", "port": 80, "targetPort": 15006, "protocol": "TCP"}],
         },
     })
@@ -216,6 +216,7 @@ pub(super) fn write_status(ms: &ModelService, stable: i32, generation: i64) -> C
                     {"type": "ConfigGenerated", "status": "True", "reason": "Published"},
                     {"type": "EndpointsAvailable", "status": "True", "reason": "EndpointsReady",
                      "message": "2 ready endpoint(s) across 2 variant(s)"},
+                    {"type": "SidecarsInjected", "status": "True", "reason": "AllMeshed"},
                 ],
                 "variants": [
                     {"name": "stable", "weight": stable, "readyEndpoints": 1},
@@ -223,6 +224,8 @@ pub(super) fn write_status(ms: &ModelService, stable: i32, generation: i64) -> C
                 ],
                 "variantWeights": weights,
                 "readyEndpoints": 2,
+                "sidecarsTotal": 2,
+                "sidecarsOnRevision": 2,
             },
         }))
         .reply_from(move |body| {
@@ -231,15 +234,29 @@ pub(super) fn write_status(ms: &ModelService, stable: i32, generation: i64) -> C
         })
 }
 
+/// A new Event. `Reconcile` stands for the reconciler's actions, `Reconcile-` and a hash of the
+/// note (each distinct note its own series).
 pub(super) fn event(reason: &str, type_: &str, action: &str) -> Call {
-    Call::post(EVENTS).includes(json!({
-        "reason": reason, "type": type_, "action": action,
-        "reportingController": "infermesh-operator", "reportingInstance": "test",
-        "regarding": {
-            "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService",
-            "name": "llm", "namespace": "ns", "uid": "uid-llm",
-        },
-    }))
+    let expected = action.to_string();
+    Call::post(EVENTS)
+        .check(move |body| {
+            let action = body["action"].as_str().expect("an action");
+            if expected == "Reconcile" {
+                let note = body["note"].as_str().expect("a note");
+                let hash = infermesh_crds::mesh::fnv1a(note.as_bytes()) as u32;
+                assert_eq!(action, format!("Reconcile-{hash:08x}"), "{note}");
+            } else {
+                assert_eq!(action, expected);
+            }
+        })
+        .includes(json!({
+            "reason": reason, "type": type_,
+            "reportingController": "infermesh-operator", "reportingInstance": "test",
+            "regarding": {
+                "apiVersion": "infermesh.io/v1alpha1", "kind": "ModelService",
+                "name": "llm", "namespace": "ns", "uid": "uid-llm",
+            },
+        }))
 }
 
 pub(super) fn add_finalizer(ms: &ModelService) -> Call {

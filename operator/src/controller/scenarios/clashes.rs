@@ -25,6 +25,7 @@ fn clash_status(ms: &ModelService, config: &str, what: &'static str) -> Call {
                     {"type": "Ready", "status": "False", "reason": "NameClash"},
                     {"type": "ConfigGenerated", "status": config},
                     {"type": "EndpointsAvailable", "status": "True"},
+                    {"type": "SidecarsInjected", "status": "True"},
                 ],
             },
         }))
@@ -145,6 +146,7 @@ async fn a_config_map_it_did_not_create_is_never_written_and_every_model_service
                         {"type": "Ready", "status": "False", "reason": "NameClash"},
                         {"type": "ConfigGenerated", "status": "False", "reason": "NameClash"},
                         {"type": "EndpointsAvailable", "status": "True"},
+                        {"type": "SidecarsInjected", "status": "True"},
                     ]},
                 }))
                 .reply(serde_json::to_value(&other).unwrap()),

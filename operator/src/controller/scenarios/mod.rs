@@ -17,10 +17,11 @@ use kube::runtime::{
 };
 use serde_json::json;
 
-use super::{Context, FINALIZER, RESYNC, error_policy, reconcile};
+use super::{Context, FINALIZER, PROPAGATION_RECHECK, RESYNC, error_policy, reconcile};
 use crate::{
     error::Error,
     fixtures::{
+        ScriptedSidecars,
         api_server::{Call, Handle, mock_client, serve},
         model_service, pod, spec_with,
     },
@@ -28,6 +29,7 @@ use crate::{
 
 mod calls;
 mod clashes;
+mod enforcement;
 mod isolation;
 use calls::*;
 
@@ -57,6 +59,15 @@ impl Context {
         pods: Vec<Pod>,
         services: Vec<ModelService>,
     ) -> (Arc<Self>, Handle, Writer<ModelService>) {
+        Self::test_with_sidecars(pods, services, Arc::default())
+    }
+
+    /// [`Context::test_with_writer`], with sidecars the scenario scripts.
+    fn test_with_sidecars(
+        pods: Vec<Pod>,
+        services: Vec<ModelService>,
+        sidecars: Arc<ScriptedSidecars>,
+    ) -> (Arc<Self>, Handle, Writer<ModelService>) {
         let (client, handle) = mock_client();
         let recorder = Recorder::new(
             client.clone(),
@@ -69,7 +80,15 @@ impl Context {
         let (services, writer) = store(services);
         // Nothing runs the controller's queue: wake-ups go nowhere.
         let (wake, _) = futures::channel::mpsc::unbounded();
-        let ctx = Context::new(client, recorder, Arc::default(), pods, services, wake);
+        let ctx = Context::new(
+            client,
+            recorder,
+            Arc::default(),
+            pods,
+            services,
+            wake,
+            sidecars,
+        );
         (Arc::new(ctx), handle, writer)
     }
 }
@@ -201,15 +220,12 @@ async fn a_weight_change_republishes_restamps_and_tells() {
                 get_service(),
                 apply_service(),
                 write_status(&ms, 50, 2),
-                // The recorder continues its earlier event of the same reason as a series: the
-                // patch counts it again and keeps the first occurrence's note.
-                Call::patch(format!(
-                    "/apis/events.k8s.io/v1/namespaces/ns/events/{regenerated}?"
-                ))
-                .includes(json!({
-                    "reason": "ConfigRegenerated", "type": "Normal", "series": {"count": 2},
-                    "regarding": {"kind": "ModelService", "name": "llm", "uid": "uid-llm"},
-                })),
+                // A new event, not a count on the first one's series (which would keep the first
+                // revision's note): its note names the new revision and weights.
+                event("ConfigRegenerated", "Normal", "Reconcile").check(|body| {
+                    let note = body["note"].as_str().unwrap();
+                    assert!(note.contains("stable=50,canary=50"), "{note}");
+                }),
             ],
         ],
     );
@@ -219,6 +235,12 @@ async fn a_weight_change_republishes_restamps_and_tells() {
     let after = revision(&bodies[8]);
     assert_ne!(after, before, "a new revision carries the new weights");
     assert_eq!(config_map_revision(&bodies[3]), after);
+    let note = bodies[9]["note"].as_str().unwrap();
+    assert!(
+        note.contains(&format!("revision {after} published")),
+        "{note}"
+    );
+    assert_ne!(bodies[9]["metadata"]["name"], json!(regenerated));
 }
 
 #[tokio::test]
