@@ -255,7 +255,9 @@ def main():
         backend.shutdown()
     print(f"sidecar: {args.sidecar}")
     print("100 x 1 MiB POSTs, retries on      idle MB  peak MB  after MB  200s")
-    for name, r in [("  replay cap 64 MiB (default)", capped), ("  no cap (1 TiB)", uncapped)]:
+    has_cap = "--replay-buffer-bytes" in sidecar_flags(args.sidecar)
+    first = "  replay cap 64 MiB (default)" if has_cap else "  default (this build has no cap)"
+    for name, r in [(first, capped), ("  no cap (1 TiB)", uncapped)]:
         print(f"{name:<36}{r['idle']:7.1f}  {r['peak']:7.1f}  {r['after']:8.1f}  {r['ok']:4}")
     print("2,000 keep-alive connections        start MB  open MB  closed MB  200s")
     print(f"{'':36}{conns['start']:8.1f}  {conns['open']:7.1f}  {conns['closed']:9.1f}  {conns['ok']:4}")
