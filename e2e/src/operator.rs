@@ -10,6 +10,28 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// `kubectl get -n NS -o json ARGS...`, parsed; `None` when it failed or did not parse.
+pub fn get_json(ns: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let mut full = vec!["get", "-n", ns, "-o", "json"];
+    full.extend_from_slice(args);
+    let out = kubectl(&full, None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// `(status, reason, message)` of condition `type_` in `obj`'s status; empty when it has none.
+pub fn condition(obj: &serde_json::Value, type_: &str) -> (String, String, String) {
+    let c = obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let field = |k: &str| c[k].as_str().unwrap_or("").to_string();
+    (field("status"), field("reason"), field("message"))
+}
+
 /// The repository root (this crate lives in `<root>/e2e`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

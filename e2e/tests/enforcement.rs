@@ -18,8 +18,8 @@ use std::{
 };
 
 use infermesh_e2e::operator::{
-    OperatorProcess, TestNamespace, install_crd, kubeconfig_or_skip, kubectl, kubectl_ok,
-    repo_root, wait_for,
+    OperatorProcess, TestNamespace, condition, get_json, install_crd, kubeconfig_or_skip,
+    kubectl_ok, repo_root, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -58,27 +58,6 @@ fn pod(name: &str, app: &str, labels: Value, annotations: Value, spec: Value) ->
         pod["spec"][k] = v.clone();
     }
     pod.to_string()
-}
-
-fn get_json(ns: &str, args: &[&str]) -> Option<Value> {
-    let mut full = vec!["get", "-n", ns, "-o", "json"];
-    full.extend_from_slice(args);
-    let out = kubectl(&full, None);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-/// `(status, reason, message)` of condition `type_` of `ms`.
-fn condition(ms: &Value, type_: &str) -> (String, String, String) {
-    let c = ms["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let field = |k: &str| c[k].as_str().unwrap_or("").to_string();
-    (field("status"), field("reason"), field("message"))
 }
 
 /// The sidecar binary built from this checkout.

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use infermesh_e2e::operator::{
-    OperatorProcess, TestNamespace, deployment, install_crd, kubeconfig_or_skip, kubectl,
-    kubectl_ok, wait_for,
+    OperatorProcess, TestNamespace, condition, deployment, get_json, install_crd,
+    kubeconfig_or_skip, kubectl_ok, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -44,31 +44,15 @@ fn apply(ns: &str, obj: &Value) {
     kubectl_ok(&["apply", "-n", ns, "-f", "-"], Some(&obj.to_string()));
 }
 
-fn get_json(ns: &str, args: &[&str]) -> Option<Value> {
-    let mut full = vec!["get", "-n", ns, "-o", "json"];
-    full.extend_from_slice(args);
-    let out = kubectl(&full, None);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-/// `(status, reason, message)` of condition `type_` of ModelService `name`.
-fn condition(ns: &str, name: &str, type_: &str) -> Option<(String, String, String)> {
+/// `(status, reason, message)` of condition `type_` of ModelService `name`, if it has one.
+fn condition_of(ns: &str, name: &str, type_: &str) -> Option<(String, String, String)> {
     let ms = get_json(ns, &["msvc", name])?;
-    let c = ms["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)?
-        .clone();
-    let field = |k: &str| c[k].as_str().unwrap_or("").to_string();
-    Some((field("status"), field("reason"), field("message")))
+    Some(condition(&ms, type_)).filter(|c| !c.0.is_empty())
 }
 
 /// The Ready message of `name` once Ready is False with `reason`.
 fn ready_false(ns: &str, name: &str, reason: &str) -> Option<String> {
-    let (status, r, message) = condition(ns, name, "Ready")?;
+    let (status, r, message) = condition_of(ns, name, "Ready")?;
     (status == "False" && r == reason).then_some(message)
 }
 
@@ -138,7 +122,7 @@ fn a_bad_regex_is_reported_on_its_model_service_and_the_good_one_keeps_updating(
     });
     assert!(message.contains("does not compile"), "{message}");
     assert!(message.contains("stays in force"), "{message}");
-    let (config, reason, _) = condition(n, "bad", "ConfigGenerated").unwrap();
+    let (config, reason, _) = condition_of(n, "bad", "ConfigGenerated").unwrap();
     assert_eq!((config.as_str(), reason.as_str()), ("False", "InvalidSpec"));
     let kept = entry(n, "bad").expect("the mesh config");
     assert_eq!(weights(&kept), [90, 10], "the last valid entry: {kept:#}");
@@ -160,10 +144,10 @@ fn a_bad_regex_is_reported_on_its_model_service_and_the_good_one_keeps_updating(
         (weights(&entry(n, "good")?) == [50, 50]).then_some(())
     })
     .unwrap_or_else(|| panic!("good's new weights were not published\n{}", op.log()));
-    let (config, _, _) = condition(n, "good", "ConfigGenerated").unwrap();
+    let (config, _, _) = condition_of(n, "good", "ConfigGenerated").unwrap();
     assert_eq!(config, "True");
     assert_ne!(
-        condition(n, "good", "Ready").map(|c| c.1).as_deref(),
+        condition_of(n, "good", "Ready").map(|c| c.1).as_deref(),
         Some("InvalidSpec")
     );
     assert_eq!(
@@ -191,7 +175,7 @@ fn a_bad_regex_is_reported_on_its_model_service_and_the_good_one_keeps_updating(
     apply(n, &model_service("bad", "bad", 50));
     wait_for(Duration::from_secs(30), || {
         let fixed = weights(&entry(n, "bad")?) == [50, 50];
-        let (_, reason, _) = condition(n, "bad", "ConfigGenerated")?;
+        let (_, reason, _) = condition_of(n, "bad", "ConfigGenerated")?;
         (fixed && reason == "Published").then_some(())
     })
     .unwrap_or_else(|| {
@@ -265,7 +249,7 @@ fn selectors_over_the_same_pods_are_reported() {
         "no OverlappingSelector Warning event\n{}",
         op.log()
     );
-    let owned = condition(n, "owned", "Ready").map(|c| c.1);
+    let owned = condition_of(n, "owned", "Ready").map(|c| c.1);
     assert_ne!(
         owned.as_deref(),
         Some("OverlappingSelector"),
@@ -288,7 +272,7 @@ fn selectors_over_the_same_pods_are_reported() {
     // Once `right` is gone, `left` is told at once (not at its next resync).
     kubectl_ok(&["delete", "msvc", "right", "-n", n, "--timeout=30s"], None);
     wait_for(Duration::from_secs(20), || {
-        let (_, reason, _) = condition(n, "left", "Ready")?;
+        let (_, reason, _) = condition_of(n, "left", "Ready")?;
         (reason != "OverlappingSelector").then_some(())
     })
     .unwrap_or_else(|| panic!("left still reports: {:?}\n{}", status("left"), op.log()));

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use infermesh_e2e::operator::{
-    OperatorProcess, TestNamespace, install_crd, kubeconfig_or_skip, kubectl, kubectl_ok, wait_for,
+    OperatorProcess, TestNamespace, condition, get_json, install_crd, kubeconfig_or_skip,
+    kubectl_ok, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -36,27 +37,6 @@ fn user_service(name: &str) -> String {
         }
     })
     .to_string()
-}
-
-fn get_json(ns: &str, args: &[&str]) -> Option<Value> {
-    let mut full = vec!["get", "-n", ns, "-o", "json"];
-    full.extend_from_slice(args);
-    let out = kubectl(&full, None);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-/// `(status, reason, message)` of condition `type_`.
-fn condition(ms: &Value, type_: &str) -> (String, String, String) {
-    let c = ms["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let field = |k: &str| c[k].as_str().unwrap_or("").to_string();
-    (field("status"), field("reason"), field("message"))
 }
 
 /// The user's Service is as they wrote it: their selector and port, no label or owner of ours.
