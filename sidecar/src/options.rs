@@ -34,6 +34,31 @@ static EJECT_MAX: LazyLock<String> = LazyLock::new(|| {
 static EWMA_DEFAULT_RTT: LazyLock<String> = LazyLock::new(|| flag(EwmaPolicy::DEFAULT_RTT));
 static EWMA_DECAY: LazyLock<String> = LazyLock::new(|| flag(EwmaPolicy::DEFAULT_DECAY));
 
+/// A duration that is not zero (a zero timeout would fail every request).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than 0, e.g. 30s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; write it like 30s or 500ms")),
+    }
+}
+
+/// Smallest head cap accepted: below it ordinary requests would get 431.
+const MIN_HEADER_BYTES: usize = 1 << 10;
+
+/// A head cap of at least [`MIN_HEADER_BYTES`].
+fn header_cap(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes, e.g. 65536"))?;
+    if n < MIN_HEADER_BYTES {
+        return Err(format!(
+            "{n} bytes would refuse ordinary requests; give at least {MIN_HEADER_BYTES}"
+        ));
+    }
+    Ok(n)
+}
+
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "infermesh-sidecar",
@@ -89,11 +114,11 @@ pub struct Options {
     #[arg(long, default_value_t = 64 << 20)]
     pub replay_buffer_bytes: usize,
     /// Longest silence between two chunks of a client's request body; then 408.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub request_body_timeout: Duration,
     /// Largest request head accepted, in bytes (request line and headers; HTTP/2: the header
     /// list). Larger ones get 431 (HTTP/1.1) or a refused stream (HTTP/2).
-    #[arg(long, default_value_t = 64 << 10)]
+    #[arg(long, default_value_t = 64 << 10, value_parser = header_cap)]
     pub max_header_bytes: usize,
     /// Worker threads (0: one per CPU; 1: a single-threaded runtime).
     #[arg(long, default_value_t = 0)]
@@ -119,6 +144,24 @@ impl Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_that_would_fail_every_request_are_refused_with_a_reason() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["infermesh-sidecar"];
+            argv.extend_from_slice(args);
+            Options::try_parse_from(argv).map_err(|e| e.to_string())
+        };
+        let e = parse(&["--request-body-timeout", "0s"]).unwrap_err();
+        assert!(e.contains("must be more than 0"), "{e}");
+        let e = parse(&["--max-header-bytes", "100"]).unwrap_err();
+        assert!(e.contains("at least 1024"), "{e}");
+        let e = parse(&["--max-header-bytes", "lots"]).unwrap_err();
+        assert!(e.contains("not a number of bytes"), "{e}");
+        let o = parse(&["--request-body-timeout", "5s", "--max-header-bytes", "8192"]).unwrap();
+        assert_eq!(o.request_body_timeout, Duration::from_secs(5));
+        assert_eq!(o.max_header_bytes, 8192);
+    }
 
     /// The flags default to the mesh contract's and the balancer's own defaults, shown as before.
     #[test]
