@@ -73,9 +73,14 @@ def start_backend():
     return server
 
 
+_FLAGS = {}
+
+
 def sidecar_flags(binary):
-    out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10).stdout
-    return out
+    """The binary's --help text, read once: which flags this build knows."""
+    if binary not in _FLAGS:
+        _FLAGS[binary] = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10).stdout
+    return _FLAGS[binary]
 
 
 def start_sidecar(binary, work, extra):
