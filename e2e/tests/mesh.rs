@@ -257,6 +257,100 @@ fn toolbox_metrics(ns: &str) -> Result<String, String> {
         .ok_or("reading the toolbox sidecar's /metrics failed".to_string())
 }
 
+/// `reason`'s count in `infermesh_routed_markers_refused_total` of the sidecar of model pod `pod`.
+fn markers_refused(ns: &str, pod: &str, reason: &str) -> Result<u64, String> {
+    let (ok, out) = client_exec(ns, pod, "model", &["get", "http://127.0.0.1:15020/metrics"]);
+    if !ok {
+        return Err(format!("reading {pod}'s sidecar /metrics failed: {out}"));
+    }
+    let line = format!("infermesh_routed_markers_refused_total{{reason=\"{reason}\"}} ");
+    Ok(out
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+fn spoofed_markers_are_routed_by_the_weights(n: &str, started: &Instant) -> Result<(), String> {
+    let target = pods(n, "version=v1")
+        .into_iter()
+        .find(is_ready)
+        .ok_or("no ready v1 pod")?;
+    let (pod, ip) = (
+        name(&target),
+        target["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    for reason in ["bad-proof", "no-key", "expired"] {
+        assert_eq!(
+            markers_refused(n, &pod, reason)?,
+            0,
+            "{pod}: markers of this namespace's sidecars all proved ({reason})"
+        );
+    }
+    let before = markers_refused(n, &pod, "unsigned")?;
+    let outsider = Namespace::create("outsider", false)?;
+    let o = outsider.0.as_str();
+    run(&[
+        "-n",
+        o,
+        "run",
+        "spoofer",
+        "--image=infermesh/examples:0.1.0",
+        "--image-pull-policy=IfNotPresent",
+        "--restart=Never",
+        "--command",
+        "--",
+        "/usr/local/bin/infermesh-model-server",
+        "--port",
+        "9090",
+        "--version",
+        "spoofer",
+    ])?;
+    run(&[
+        "-n",
+        o,
+        "wait",
+        "--for=condition=Ready",
+        "pod/spoofer",
+        "--timeout=120s",
+    ])?;
+    let url = format!("http://{ip}:15006/");
+    let (ok, out) = client_exec(
+        o,
+        "spoofer",
+        "spoofer",
+        &[
+            "load",
+            &url,
+            "-H",
+            "Host: llm",
+            "-H",
+            "x-infermesh-routed: llm/canary",
+            "--requests=100",
+            "--concurrency=4",
+        ],
+    );
+    let s = load_summary(&out).ok_or_else(|| format!("no load summary in: {out}"))?;
+    assert!(ok, "spoofed load had errors: {s}");
+    println!(
+        "[{:>4}s] spoofed llm/canary markers from {o}: {s}",
+        started.elapsed().as_secs()
+    );
+    assert!(
+        by_version(&s, "v2") <= 20 && by_version(&s, "v1") >= 80,
+        "the spoofed marker was honoured: {s}"
+    );
+    assert_eq!(
+        markers_refused(n, &pod, "unsigned")? - before,
+        100,
+        "{pod} counts each spoofed marker"
+    );
+    Ok(())
+}
+
 #[test]
 fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<(), String> {
     if kubeconfig_or_skip("the_mesh_installed_from_deploy_routes_splits_retries_and_streams")
@@ -407,6 +501,12 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
         ],
     )?;
     assert_eq!(by_version(&s, "v2"), 50, "beta route: {s}");
+
+    // Trust: a pod of another namespace sends `x-infermesh-routed: llm/canary` straight to a v1
+    // pod's inbound port. It cannot read this namespace's mesh key, so the marker proves nothing:
+    // the sidecar routes those requests by the weights (90/10) instead of handing them all to the
+    // canary, and counts each refusal. Meshed traffic of this namespace, proven, counts none.
+    spoofed_markers_are_routed_by_the_weights(n, &started)?;
 
     // A patch to 50/50 reaches every sidecar as a new revision, and the split follows.
     run(&[

@@ -9,10 +9,10 @@
 //! ModelService with what to rename, and left untouched.
 
 use infermesh_crds::ModelService;
-use infermesh_crds::mesh::CONFIG_MAP_NAME;
+use infermesh_crds::mesh::{CONFIG_MAP_NAME, MESH_KEY_SECRET};
 use k8s_openapi::{
     api::{
-        core::v1::ConfigMap,
+        core::v1::{ConfigMap, Secret},
         rbac::v1::{Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -39,7 +39,8 @@ fn managed(meta: &ObjectMeta) -> bool {
         .is_some_and(|v| v == MANAGER)
 }
 
-/// A namespace-wide object (the mesh ConfigMap, the reader Role and RoleBinding) found as `found`.
+/// A namespace-wide object (the mesh ConfigMap, the mesh key Secret, the reader Role and
+/// RoleBinding) found as `found`.
 pub fn claim_shared(found: Option<&ObjectMeta>) -> Claim {
     match found {
         None => Claim::Free,
@@ -53,13 +54,14 @@ pub fn ours_shared<K: Resource>(found: Option<&K>) -> Option<&K> {
     found.filter(|o| claim_shared(Some(o.meta())) == Claim::Ours)
 }
 
-/// A namespace's mesh ConfigMap and reader Role and RoleBinding, as read before they are written
-/// or deleted.
+/// A namespace's mesh ConfigMap, mesh key Secret and reader Role and RoleBinding, as read before
+/// they are written or deleted.
 #[derive(Clone, Debug, Default)]
 pub struct Shared {
     pub config_map: Option<ConfigMap>,
     pub role: Option<Role>,
     pub binding: Option<RoleBinding>,
+    pub key: Option<Secret>,
 }
 
 impl Shared {
@@ -77,6 +79,11 @@ impl Shared {
                 "RoleBinding",
                 READER_ROLE,
                 self.binding.as_ref().map(|o| &o.metadata),
+            ),
+            (
+                "Secret",
+                MESH_KEY_SECRET,
+                self.key.as_ref().map(|o| &o.metadata),
             ),
         ]
         .into_iter()
@@ -113,7 +120,7 @@ pub fn claim_service(found: Option<&ObjectMeta>, ms: &ModelService) -> Claim {
 /// An object the operator needs to write, held under its name by an object it did not create.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Clash {
-    /// `Service`, `ConfigMap`, `Role` or `RoleBinding`.
+    /// `Service`, `ConfigMap`, `Secret`, `Role` or `RoleBinding`.
     pub kind: &'static str,
     pub name: String,
 }
@@ -215,6 +222,14 @@ mod tests {
         assert!(clashes[0].blocks_config());
         assert!(ours_shared(shared.config_map.as_ref()).is_none());
         assert!(ours_shared(shared.role.as_ref()).is_some());
+        // A Secret of that name someone else made: the operator neither rotates nor deletes it.
+        shared.key = Some(Secret {
+            metadata: ObjectMeta::default(),
+            ..Default::default()
+        });
+        let kinds: Vec<_> = shared.clashes().iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, ["ConfigMap", "Secret"]);
+        assert!(shared.clashes()[1].message().contains(MESH_KEY_SECRET));
     }
 
     #[test]

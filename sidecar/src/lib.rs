@@ -13,6 +13,7 @@
 mod detach;
 mod hash;
 mod metrics;
+mod named_watch;
 // Connections and bodies to an upstream address:
 mod upstream;
 // Endpoint state, limits, budget and backoff:
@@ -21,6 +22,8 @@ mod endpoint;
 mod routing;
 // The mesh config in force, compiled into the table the request path reads:
 mod config;
+// Proof between sidecars that a peer routed a request:
+mod trust;
 // The request path:
 mod request;
 // Listeners and the admin port:
@@ -45,6 +48,7 @@ use crate::request::headers::Forwarding;
 use crate::request::{ConnInfo, Direction, Proxy};
 use crate::server::admin::Admin;
 use crate::server::listener;
+use crate::trust::Trust;
 use crate::upstream::forward::Upstream;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,8 @@ pub enum StartError {
         "no mesh config source: pass --config-file PATH, or set POD_NAMESPACE (or --namespace) to watch the ConfigMap"
     )]
     NoConfigSource,
+    #[error("{0}; fix --mesh-key-file")]
+    MeshKey(String),
 }
 
 /// A running sidecar.
@@ -106,7 +112,6 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
     let (admin_stop, admin_rx) = watch::channel(false);
     let mut background = JoinSet::new();
     if let Some(path) = opts.config_file.clone() {
-        source::load_file(&path, &store);
         background.spawn(source::watch_file(
             path,
             opts.config_poll_interval,
@@ -116,9 +121,16 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
     } else if let Some(ns) = opts.namespace.clone() {
         background.spawn(source::watch_configmap(ns, store.clone(), rx.clone()));
     }
+    let trust = Arc::new(Trust::default());
+    if let Some(path) = &opts.mesh_key_file {
+        trust.set(trust::source::keys_from_file(path).map_err(StartError::MeshKey)?);
+    } else if let Some(ns) = opts.namespace.clone() {
+        background.spawn(trust::source::watch_secret(ns, trust.clone(), rx.clone()));
+    }
 
     let proxy = Arc::new(Proxy {
         store: store.clone(),
+        trust,
         upstream: Upstream::new(
             opts.connect_timeout,
             opts.request_body_timeout,

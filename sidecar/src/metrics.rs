@@ -29,6 +29,11 @@ pub(crate) struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RevisionLabels {
     pub(crate) revision: String,
 }
@@ -51,6 +56,7 @@ pub(crate) struct Metrics {
     budget_exhausted: Family<ServiceLabels, Counter>,
     replay_pool_full: Family<ServiceLabels, Counter>,
     revision: Family<RevisionLabels, Gauge>,
+    markers_refused: Family<ReasonLabels, Counter>,
     pub(crate) config_reloads: Counter,
     pub(crate) config_rejections: Counter,
     pub(crate) config_services_refused: Gauge,
@@ -103,6 +109,7 @@ impl Metrics {
         let budget_exhausted = Family::<ServiceLabels, Counter>::default();
         let replay_pool_full = Family::<ServiceLabels, Counter>::default();
         let revision = Family::<RevisionLabels, Gauge>::default();
+        let markers_refused = Family::<ReasonLabels, Counter>::default();
         let config_reloads = Counter::default();
         let config_rejections = Counter::default();
         let config_services_refused = Gauge::default();
@@ -154,6 +161,12 @@ impl Metrics {
             revision.clone(),
         );
         registry.register(
+            "routed_markers_refused",
+            "Peers' x-infermesh-routed markers not honoured, by reason (unsigned, malformed, \
+             expired, bad-proof, no-key: routed again here; loop: refused with 508)",
+            markers_refused.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Mesh configs accepted",
             config_reloads.clone(),
@@ -181,10 +194,18 @@ impl Metrics {
             budget_exhausted,
             replay_pool_full,
             revision,
+            markers_refused,
             config_reloads,
             config_rejections,
             config_services_refused,
         }
+    }
+
+    /// A peer's routed marker was not honoured (`reason`: see `routed_markers_refused`).
+    pub(crate) fn marker_refused(&self, reason: &'static str) {
+        self.markers_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub(crate) fn variant(&self, service: &str, variant: &str) -> VariantMetrics {

@@ -84,6 +84,11 @@ pub struct Options {
     /// Namespace whose ConfigMap infermesh-mesh-config is watched (without --config-file).
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Read the mesh keys (one or two base64 keys, one per line; the first signs) from this file
+    /// instead of the Secret infermesh-mesh-key. Without either, routed markers are sent
+    /// unsigned and peers' markers are never honoured: each sidecar routes again.
+    #[arg(long, env = "INFERMESH_MESH_KEY_FILE")]
+    pub mesh_key_file: Option<PathBuf>,
     /// This pod's IP: endpoints at it are delivered to the local model directly.
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<IpAddr>,
@@ -135,6 +140,7 @@ impl Options {
         o.outbound = any;
         o.admin = any;
         o.config_file = Some(config_file);
+        o.mesh_key_file = None;
         o.namespace = None;
         o.pod_ip = None;
         o

@@ -22,9 +22,22 @@ pub use validate::{MAX_ATTEMPTS, header_regex, is_header_name};
 pub const CONFIG_MAP_NAME: &str = "infermesh-mesh-config";
 /// Key of the JSON document inside that ConfigMap.
 pub const CONFIG_MAP_KEY: &str = "mesh.json";
-/// Header a sidecar sets when it forwards to a peer sidecar: `<modelservice>/<variant>`.
-/// The peer then delivers to its local model without routing again.
+/// Header a sidecar sets when it forwards to a peer sidecar:
+/// `<modelservice>/<variant>;hop=<n>;t=<unix seconds>;sig=<proof>`. The peer then delivers to its
+/// local model without routing again, if the proof holds (see [`MESH_KEY_SECRET`]).
 pub const ROUTED_HEADER: &str = "x-infermesh-routed";
+/// Name of the generated Secret in each namespace that has a ModelService: the keys its sidecars
+/// prove a routed marker with (HMAC-SHA256), so a pod of another namespace, which cannot read it,
+/// cannot make a sidecar skip routing, limits and budgets.
+pub const MESH_KEY_SECRET: &str = "infermesh-mesh-key";
+/// Key of the Secret holding the newest key (32 random bytes).
+pub const MESH_KEY_CURRENT: &str = "current";
+/// Key of the Secret holding the key it replaced, still accepted.
+pub const MESH_KEY_PREVIOUS: &str = "previous";
+/// Annotation of the Secret: when `current` was minted (RFC 3339). Sidecars keep signing with
+/// `previous` for a grace period after it, so peers that have not read the new Secret yet still
+/// accept their markers.
+pub const MESH_KEY_ROTATED_AT: &str = "infermesh.io/rotated-at";
 
 /// Everything a sidecar enforces, for one namespace.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -26,7 +26,7 @@ use infermesh_crds::{
 };
 use k8s_openapi::{
     api::{
-        core::v1::{ConfigMap, Pod, Service},
+        core::v1::{ConfigMap, Pod, Secret, Service},
         rbac::v1::{Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -224,7 +224,7 @@ async fn publish(
     let screened = screened.unwrap_or_else(|| publication::desired(ns, members, &pods, &previous));
     let config = &screened.config;
     let owners: Vec<&ModelService> = members.iter().map(|m| m.as_ref()).collect();
-    writes::apply_published(&ctx.client, ns, config, &owners).await?;
+    writes::apply_published(&ctx.client, ns, config, &owners, found.key.as_ref()).await?;
     if published.written(config, Instant::now()) {
         tracing::info!(namespace = ns, revision = %config.revision, services = config.services.len(), refused = ?screened.refused.keys().collect::<Vec<_>>(), "mesh config published");
     }
@@ -395,6 +395,10 @@ async fn cleanup(ms: &ModelService, ctx: &Context) -> Result<Action, Error> {
             if let Some(role) = ownership::ours_shared(found.role.as_ref()) {
                 let api = Api::<Role>::namespaced(ctx.client.clone(), &ns);
                 writes::delete_ours(&api, role, "delete reader Role").await?;
+            }
+            if let Some(key) = ownership::ours_shared(found.key.as_ref()) {
+                let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+                writes::delete_ours(&api, key, "delete mesh key Secret").await?;
             }
             *published = Published::default();
         } else {

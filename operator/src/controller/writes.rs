@@ -5,12 +5,16 @@
 //! effort.
 
 use std::fmt::Debug;
+use std::time::SystemTime;
 
 use infermesh_crds::{
     ModelService,
-    mesh::{CONFIG_MAP_NAME, MeshConfig},
+    mesh::{CONFIG_MAP_NAME, MESH_KEY_SECRET, MeshConfig},
 };
-use k8s_openapi::{NamespaceResourceScope, api::core::v1::Service};
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::core::v1::{Secret, Service},
+};
 use kube::{
     Api, Client, Resource,
     api::{DeleteParams, Patch, PatchParams, Preconditions},
@@ -77,14 +81,26 @@ where
     }
 }
 
-/// Writes `ns`'s mesh ConfigMap and its reader Role and RoleBinding, in that order.
+/// Writes `ns`'s mesh key Secret (kept, rotated or minted from `key`, the one found), its mesh
+/// ConfigMap and their reader Role and RoleBinding, in that order: the key first, so sidecars can
+/// prove their markers by the time a config names peers.
 pub async fn apply_published(
     client: &Client,
     ns: &str,
     config: &MeshConfig,
     owners: &[&ModelService],
+    key: Option<&Secret>,
 ) -> Result<(), Error> {
     let reader = resources::READER_ROLE;
+    let secret = resources::mesh_key_secret(ns, owners, key, SystemTime::now());
+    ssa(
+        client,
+        ns,
+        MESH_KEY_SECRET,
+        &secret,
+        "apply mesh key Secret",
+    )
+    .await?;
     let cm = resources::mesh_config_map(ns, config, owners)?;
     ssa(
         client,
@@ -130,13 +146,15 @@ where
         })
 }
 
-/// The mesh ConfigMap of `ns` and its reader Role and RoleBinding as they are in the cluster.
+/// The mesh ConfigMap, mesh key Secret and reader Role and RoleBinding of `ns` as they are in the
+/// cluster.
 pub async fn read_published(client: &Client, ns: &str) -> Result<Shared, Error> {
     let reader = resources::READER_ROLE;
     Ok(Shared {
         config_map: read(client, ns, CONFIG_MAP_NAME, "read mesh config ConfigMap").await?,
         role: read(client, ns, reader, "read mesh config reader Role").await?,
         binding: read(client, ns, reader, "read mesh config reader RoleBinding").await?,
+        key: read(client, ns, MESH_KEY_SECRET, "read mesh key Secret").await?,
     })
 }
 

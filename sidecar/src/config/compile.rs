@@ -7,7 +7,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
 use http::header::HeaderName;
 use http::uri::Authority;
 use infermesh_crds::mesh::{
@@ -192,8 +191,7 @@ fn compile_variant(
     hash_on: &Option<HeaderName>,
     cx: &CompileContext<'_>,
 ) -> Result<Variant, String> {
-    let routed = HeaderValue::try_from(format!("{}/{}", s.name, v.name))
-        .map_err(|_| format!("variant name {:?} is not header-safe", v.name))?;
+    let routed = format!("{}/{}", s.name, v.name);
     let mut endpoints = Vec::with_capacity(v.endpoints.len());
     let mut seen = HashSet::new();
     for e in &v.endpoints {

@@ -8,14 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
 use infermesh_crds::mesh::{CONFIG_MAP_KEY, CONFIG_MAP_NAME};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use super::store::ConfigStore;
+use crate::named_watch::{Seen, watch_named};
 
 /// What identifies a version of the file without reading it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -50,14 +48,28 @@ pub(crate) fn load_file(path: &Path, store: &ConfigStore) -> bool {
     }
 }
 
-/// Polls the file's modification time and size, reloading on change, until shutdown.
-pub(crate) async fn watch_file(
+/// Loads the file, then polls its modification time and size, reloading on change, until
+/// shutdown. The file's stamp is taken before the first load, when this is called, not when the
+/// task first runs: a change written in between would otherwise look like the version loaded,
+/// and be missed until the next one.
+pub(crate) fn watch_file(
     path: PathBuf,
+    interval: Duration,
+    store: Arc<ConfigStore>,
+    shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let last = stamp(&path);
+    load_file(&path, &store);
+    poll_file(path, last, interval, store, shutdown)
+}
+
+async fn poll_file(
+    path: PathBuf,
+    mut last: Option<Stamp>,
     interval: Duration,
     store: Arc<ConfigStore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last = stamp(&path);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -81,8 +93,8 @@ fn mesh_document(cm: &ConfigMap) -> Option<&str> {
     cm.data.as_ref()?.get(CONFIG_MAP_KEY).map(String::as_str)
 }
 
-/// Watches the namespace's mesh ConfigMap until shutdown. Watch errors back off and retry (kube's
-/// default backoff); a deleted ConfigMap leaves the last config in force.
+/// Watches the namespace's mesh ConfigMap until shutdown; a deleted ConfigMap leaves the last
+/// config in force.
 ///
 /// A namespace can have injected pods before it has any ModelService: then there is no ConfigMap
 /// yet, and the pod's service account is not yet allowed to read one (the operator grants that
@@ -92,70 +104,37 @@ fn mesh_document(cm: &ConfigMap) -> Option<&str> {
 pub(crate) async fn watch_configmap(
     namespace: String,
     store: Arc<ConfigStore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let client = loop {
-        match kube::Client::try_default().await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build a Kubernetes client (in-cluster service account or KUBECONFIG); retrying in 5s");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-        }
-    };
-    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={CONFIG_MAP_NAME}"));
-    let events = watcher(api, cfg).default_backoff();
-    futures::pin_mut!(events);
     let source = format!("configmap {namespace}/{CONFIG_MAP_NAME}");
-    // Whether the current (re)list found the ConfigMap.
-    let mut listed = false;
-    loop {
-        let ev = tokio::select! {
-            ev = events.next() => ev,
-            _ = shutdown.changed() => return,
-        };
-        match ev {
-            None => return,
-            Some(Ok(watcher::Event::Init)) => listed = false,
-            Some(Ok(watcher::Event::InitDone)) if !listed => {
-                serve_empty(
-                    &store,
-                    &source,
-                    "there is no mesh ConfigMap in this namespace yet",
-                );
+    watch_named::<ConfigMap>(&namespace, CONFIG_MAP_NAME, shutdown, |seen| match seen {
+        Seen::Found(cm) => match mesh_document(&cm) {
+            Some(json) => {
+                let _ = store.apply_json(json.as_bytes(), &source);
             }
-            Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
-                listed = true;
-                match mesh_document(&cm) {
-                    Some(json) => {
-                        let _ = store.apply_json(json.as_bytes(), &source);
-                    }
-                    None => {
-                        store.metrics.config_rejections.inc();
-                        tracing::error!(%source, "the ConfigMap has no key {CONFIG_MAP_KEY}; keeping the last good config");
-                    }
-                }
+            None => {
+                store.metrics.config_rejections.inc();
+                tracing::error!(%source, "the ConfigMap has no key {CONFIG_MAP_KEY}; keeping the last good config");
             }
-            Some(Ok(watcher::Event::Delete(_))) => {
-                tracing::warn!(%source, "the mesh ConfigMap was deleted; keeping the last good config");
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) if is_forbidden(&e) => {
-                serve_empty(
-                    &store,
-                    &source,
-                    "this pod's service account may not read it yet (granted with the namespace's first ModelService)",
-                );
-            }
-            Some(Err(e)) => {
-                tracing::warn!(%source, error = %e, "mesh config watch failed; retrying with backoff");
-            }
+        },
+        Seen::Missing => serve_empty(
+            &store,
+            &source,
+            "there is no mesh ConfigMap in this namespace yet",
+        ),
+        Seen::Deleted => {
+            tracing::warn!(%source, "the mesh ConfigMap was deleted; keeping the last good config");
         }
-    }
+        Seen::Forbidden => serve_empty(
+            &store,
+            &source,
+            "this pod's service account may not read it yet (granted with the namespace's first ModelService)",
+        ),
+        Seen::Failed(e) => {
+            tracing::warn!(%source, error = %e, "mesh config watch failed; retrying with backoff");
+        }
+    })
+    .await;
 }
 
 /// Serves the empty config when nothing is loaded yet (see [`watch_configmap`]).
@@ -165,17 +144,6 @@ fn serve_empty(store: &ConfigStore, source: &str, why: &str) {
     }
     tracing::info!(%source, why, "no mesh config to read: serving with no ModelService until one appears");
     let _ = store.apply_json(br#"{"services":[]}"#, source);
-}
-
-/// The API server refused the read (403).
-fn is_forbidden(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s))
-        | watcher::Error::WatchError(s) => s.is_forbidden(),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
@@ -189,31 +157,6 @@ mod tests {
         cm.metadata.name = Some(name.into());
         cm.data = Some([(key.to_string(), json.to_string())].into());
         cm
-    }
-
-    #[test]
-    fn only_a_403_counts_as_not_allowed_to_read() {
-        // As the API server writes them.
-        let status = |code: u16| {
-            Box::new(kube::core::Status {
-                code,
-                reason: if code == 403 {
-                    "Forbidden"
-                } else {
-                    "InternalError"
-                }
-                .into(),
-                ..Default::default()
-            })
-        };
-        assert!(is_forbidden(&watcher::Error::InitialListFailed(
-            kube::Error::Api(status(403))
-        )));
-        assert!(is_forbidden(&watcher::Error::WatchError(status(403))));
-        assert!(!is_forbidden(&watcher::Error::InitialListFailed(
-            kube::Error::Api(status(500))
-        )));
-        assert!(!is_forbidden(&watcher::Error::NoResourceVersion));
     }
 
     #[tokio::test]
@@ -279,6 +222,33 @@ mod tests {
                 t.elapsed() < Duration::from_secs(2),
                 "file change not picked up"
             );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    /// A change written after the sidecar loaded the file but before its poll task first ran was
+    /// taken for the version loaded, and never applied.
+    #[tokio::test]
+    async fn a_change_before_the_poll_task_runs_is_not_missed() {
+        let dir = std::env::temp_dir().join(format!("infermesh-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.json");
+        std::fs::write(&path, r#"{"revision":"one","services":[]}"#).unwrap();
+        let store = Arc::new(ConfigStore::new(
+            Arc::new(Metrics::new()),
+            None,
+            EwmaPolicy::default(),
+        ));
+        let (tx, rx) = watch::channel(false);
+        let watching = watch_file(path.clone(), Duration::from_millis(10), store.clone(), rx);
+        assert_eq!(store.current().revision, "one", "loaded at once");
+        std::fs::write(&path, r#"{"revision":"two-longer","services":[]}"#).unwrap();
+        let task = tokio::spawn(watching);
+        let t = std::time::Instant::now();
+        while store.current().revision != "two-longer" {
+            assert!(t.elapsed() < Duration::from_secs(2), "change missed");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tx.send(true).unwrap();

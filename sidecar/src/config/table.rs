@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
 use infermesh_crds::mesh::{MeshConfig, OutlierDetectionConfig, Protocol, RetryOn};
 
 use crate::endpoint::Endpoint;
@@ -72,8 +71,9 @@ pub(crate) struct Variant {
     pub(crate) endpoints: Vec<Endpoint>,
     /// Which endpoint a try goes to.
     pub(crate) balancer: Balancer,
-    /// `x-infermesh-routed` value sent to meshed peers: `<service>/<variant>`.
-    pub(crate) routed: HeaderValue,
+    /// The target named in the `x-infermesh-routed` marker sent to meshed peers:
+    /// `<service>/<variant>` (DNS labels, so header-safe).
+    pub(crate) routed: String,
     pub(crate) metrics: VariantMetrics,
 }
 

@@ -19,15 +19,15 @@ use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::Proxy;
 use super::errors::{ProxyError, REASON_HEADER, error_chain};
 use super::guard::RequestGuard;
 use super::timeouts::{min_opt, within_opt};
 use crate::config::table::{Service, Variant};
 use crate::endpoint::Endpoint;
-use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
 use crate::routing::balancer::Tried;
 use crate::upstream::body::{self, Prepared, RequestBody, Unreplayable, client_fault};
-use crate::upstream::forward::{self, Upstream};
+use crate::upstream::forward;
 use crate::upstream::pool::Lent;
 use crate::upstream::replay::ReplayHold;
 
@@ -39,12 +39,13 @@ enum Failure {
     Timeout,
 }
 
-/// The tries of one request to one variant of a service, and what they need from the sidecar:
-/// the upstream client, the ejection policy failures feed, and the PeakEWMA settings.
+/// The tries of one request to one variant of a service, and what they need from the sidecar
+/// (`proxy`): the upstream client, the ejection policy failures feed, the PeakEWMA settings, and
+/// the mesh keys that sign the marker sent to meshed peers. This sidecar is the `hop`th to route
+/// the request.
 pub(crate) struct Attempts<'a> {
-    pub(crate) upstream: &'a Upstream,
-    pub(crate) ejection: &'a EjectionPolicy,
-    pub(crate) ewma: &'a EwmaPolicy,
+    pub(crate) proxy: &'a Proxy,
+    pub(crate) hop: u32,
     pub(crate) svc: &'a Service,
     pub(crate) variant: &'a Variant,
 }
@@ -71,7 +72,7 @@ impl Attempts<'_> {
         // Whether failures after the model may have seen the request are retried too.
         let repeatable = policy.non_idempotent || is_idempotent(&head.method);
         // With retries on, the body is read (≤ 1 MiB) so it can be replayed.
-        let up = self.upstream;
+        let up = &self.proxy.upstream;
         let (replay, mut once) = if policy.attempts > 1 {
             svc.budget.deposit(Instant::now());
             match body::prepare(body, up.body_idle, &up.replay)
@@ -136,7 +137,9 @@ impl Attempts<'_> {
                     .take()
                     .unwrap_or_else(|| RequestBody::replay(&Default::default(), &None)),
             };
-            let routed = ep.meshed.then_some(&variant.routed);
+            let routed = ep
+                .meshed
+                .then(|| self.proxy.trust.mark(&variant.routed, self.hop));
             let req = forward::build(
                 head,
                 !more,
@@ -152,14 +155,14 @@ impl Attempts<'_> {
                 let sent = Instant::now();
                 let outcome = within_opt(
                     head_timeout,
-                    self.upstream.send(svc.protocol, &ep.conns, req),
+                    self.proxy.upstream.send(svc.protocol, &ep.conns, req),
                 )
                 .await;
                 let now = Instant::now();
                 let failure = match outcome {
                     Some(Ok((resp, lent))) => {
                         let status = resp.status().as_u16();
-                        ep.state.observe_rtt(now, now - sent, self.ewma);
+                        ep.state.observe_rtt(now, now - sent, &self.proxy.ewma);
                         variant.metrics.ttfb.observe((now - sent).as_secs_f64());
                         if resp.status().is_server_error() {
                             self.failed(ep, now);
@@ -243,7 +246,7 @@ impl Attempts<'_> {
     /// Feeds a failed try to outlier detection.
     fn failed(&self, ep: &Endpoint, now: Instant) {
         let (svc, variant) = (self.svc, self.variant);
-        let policy = self.ejection.overridden_by(&svc.outlier_detection);
+        let policy = self.proxy.ejection.overridden_by(&svc.outlier_detection);
         if let Some(d) = ep.state.record_failure(now, &policy) {
             variant.metrics.ejections.inc();
             tracing::warn!(endpoint = %ep.address, variant = %variant.name, ejected_for = ?d,

@@ -45,6 +45,12 @@ pub(crate) enum ProxyError {
     RequestBody(String),
     #[error("the request body stalled for {}s; send it without pauses", .0.as_secs_f64())]
     RequestBodyTimeout(Duration),
+    #[error(
+        "{0} sidecars in a row routed this request without one proving its marker to the next: \
+         their mesh keys disagree (check that the Secret infermesh-mesh-key exists and this \
+         namespace's service accounts may read it)"
+    )]
+    RoutingLoop(u32),
 }
 
 impl From<&ClientBodyError> for ProxyError {
@@ -75,6 +81,7 @@ impl ProxyError {
             | ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::RoutingLoop(_) => StatusCode::LOOP_DETECTED,
         }
     }
 
@@ -95,6 +102,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream-failed",
             ProxyError::RequestBody(_) => "request-body",
             ProxyError::RequestBodyTimeout(_) => "request-body-timeout",
+            ProxyError::RoutingLoop(_) => "routing-loop",
         }
     }
 

@@ -2,7 +2,8 @@
 //! and the functions below it run the steps top to bottom as plain calls:
 //!
 //! 1. a request marked `x-infermesh-routed` by a peer sidecar (inbound only) goes straight to the
-//!    local model ([`Proxy::deliver_local`]);
+//!    local model ([`Proxy::deliver_local`]) if the marker proves a sidecar of this namespace
+//!    routed it (`crate::trust`); otherwise it is routed here like any other;
 //! 2. identify the ModelService (`identify`);
 //! 3. choose the variant: routes, sticky cohort, weights (`crate::routing::router`);
 //! 4. prepare the head: hop-by-hop headers, forwarding headers, request id (`headers`);
@@ -44,6 +45,7 @@ use crate::config::store::ConfigStore;
 use crate::config::table::Service;
 use crate::detach;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
+use crate::trust::{MAX_HOPS, Trust};
 use crate::upstream::body::{RequestBody, client_fault};
 use crate::upstream::forward::{self, ROUTED, Upstream};
 
@@ -59,8 +61,19 @@ pub(crate) struct ConnInfo {
     pub(crate) forwarding: Forwarding,
 }
 
+/// What step 1 decided for a request.
+enum Marked {
+    /// A peer sidecar proved it routed the request to this variant: the local model serves it.
+    Deliver(Arc<Service>, usize),
+    /// This sidecar routes it, as the `hop`th in a row.
+    Route { hop: u32 },
+    /// `hop` sidecars in a row have routed it: refused (508).
+    Loop { hop: u32 },
+}
+
 pub(crate) struct Proxy {
     pub(crate) store: Arc<ConfigStore>,
+    pub(crate) trust: Arc<Trust>,
     pub(crate) upstream: Upstream,
     pub(crate) ejection: EjectionPolicy,
     pub(crate) ewma: EwmaPolicy,
@@ -89,23 +102,27 @@ impl Proxy {
             if let Err(e) = headers::check(&head) {
                 return Ok(e.into_response());
             }
-            let target = match routed {
-                Some(r) if conn.direction == Direction::Inbound => self.routed_target(&r),
-                _ => None,
+            let marked = match routed {
+                Some(r) if conn.direction == Direction::Inbound => self.marked(&r),
+                _ => Marked::Route { hop: 1 },
             };
-            Ok(match target {
-                Some((svc, vi)) => self.deliver_local(svc, vi, &mut head, body, &conn).await,
-                None => self.route(&mut head, body, &conn).await,
+            Ok(match marked {
+                Marked::Deliver(svc, vi) => {
+                    self.deliver_local(svc, vi, &mut head, body, &conn).await
+                }
+                Marked::Route { hop } => self.route(&mut head, body, &conn, hop).await,
+                Marked::Loop { hop } => ProxyError::RoutingLoop(hop).into_response(),
             })
         }
     }
 
-    /// Steps 2-6 for a request that still needs routing.
+    /// Steps 2-6 for a request that still needs routing; this sidecar is the `hop`th to route it.
     async fn route(
         &self,
         head: &mut Parts,
         body: Incoming,
         conn: &ConnInfo,
+        hop: u32,
     ) -> Response<ResponseBody> {
         if !self.store.is_loaded() {
             return ProxyError::NotReady.into_response();
@@ -127,9 +144,8 @@ impl Proxy {
             .request
             .and_then(|d| Instant::now().checked_add(d));
         let attempts = Attempts {
-            upstream: &self.upstream,
-            ejection: &self.ejection,
-            ewma: &self.ewma,
+            proxy: self,
+            hop,
             svc: &svc,
             variant: &svc.variants[vi],
         };
@@ -137,12 +153,42 @@ impl Proxy {
         respond(result, guard, deadline)
     }
 
-    /// The service and variant a peer sidecar's `x-infermesh-routed: <service>/<variant>` names,
-    /// if both are in the config in force. A value that names anything else is not honoured: the
-    /// request is routed as any other (a peer on a newer config costs one more hop, nothing is
-    /// delivered on a name this sidecar does not know).
-    fn routed_target(&self, routed: &HeaderValue) -> Option<(Arc<Service>, usize)> {
-        let (name, variant) = routed.to_str().ok()?.split_once('/')?;
+    /// Step 1: what to do with a request a peer marked `x-infermesh-routed`. Delivered locally
+    /// only when the marker's proof holds (see `trust`) and names a service and variant of the
+    /// config in force; otherwise routed like any other request, as one more hop, until
+    /// [`MAX_HOPS`] sidecars in a row have routed it.
+    fn marked(&self, marker: &HeaderValue) -> Marked {
+        let metrics = &self.store.metrics;
+        let checked = match self.trust.check(marker) {
+            Ok(c) => c,
+            Err(why) => {
+                metrics.marker_refused(why.label());
+                return Marked::Route { hop: 2 };
+            }
+        };
+        if checked.hop >= MAX_HOPS {
+            metrics.marker_refused("loop");
+            return Marked::Loop { hop: checked.hop };
+        }
+        match checked.proof {
+            Ok(()) => {
+                if let Some((svc, vi)) = self.routed_target(checked.target) {
+                    return Marked::Deliver(svc, vi);
+                }
+            }
+            Err(why) => metrics.marker_refused(why.label()),
+        }
+        Marked::Route {
+            hop: checked.hop + 1,
+        }
+    }
+
+    /// The service and variant a proven `<service>/<variant>` names, if both are in the config
+    /// in force. A name this sidecar does not know is routed as any other request (a peer on a
+    /// newer config costs one more hop; nothing is delivered on a name this sidecar does not
+    /// know).
+    fn routed_target(&self, target: &str) -> Option<(Arc<Service>, usize)> {
+        let (name, variant) = target.split_once('/')?;
         let svc = self
             .store
             .load()
@@ -251,6 +297,7 @@ mod tests {
         );
         let proxy = Arc::new(Proxy {
             store: Arc::new(store),
+            trust: Default::default(),
             upstream: Upstream::new(
                 std::time::Duration::from_secs(1),
                 std::time::Duration::from_secs(30),

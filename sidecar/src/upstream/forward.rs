@@ -88,7 +88,7 @@ pub(crate) fn build(
     last: bool,
     protocol: Protocol,
     authority: &Authority,
-    routed: Option<&HeaderValue>,
+    routed: Option<HeaderValue>,
     body: RequestBody,
 ) -> Request<RequestBody> {
     let h2 = protocol != Protocol::Http;
@@ -129,7 +129,7 @@ pub(crate) fn build(
         req.headers_mut().insert(http::header::HOST, host);
     }
     if let Some(r) = routed {
-        req.headers_mut().insert(ROUTED.clone(), r.clone());
+        req.headers_mut().insert(ROUTED.clone(), r);
     }
     req
 }

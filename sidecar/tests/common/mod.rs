@@ -187,6 +187,19 @@ pub fn write_config(path: &PathBuf, json: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A mesh key file holding one key of 32 bytes `seed`: sidecars given the same seed are of one
+/// namespace (they prove their routed markers to each other), others are not.
+pub fn key_file(seed: u8) -> PathBuf {
+    use base64::Engine as _;
+    let path = temp_path(&format!("mesh-key-{seed}"));
+    std::fs::write(
+        &path,
+        base64::engine::general_purpose::STANDARD.encode([seed; 32]),
+    )
+    .unwrap();
+    path
+}
+
 pub struct Running {
     pub sidecar: Sidecar,
     pub config: PathBuf,
@@ -201,6 +214,7 @@ pub async fn sidecar_with(config: &str, tweak: impl FnOnce(&mut Options)) -> Run
     write_config(&path, config);
     let mut opts = Options::loopback(path.clone());
     opts.config_poll_interval = Duration::from_millis(20);
+    opts.mesh_key_file = Some(key_file(1));
     tweak(&mut opts);
     let sidecar = infermesh_sidecar::start(opts).await.unwrap();
     Running {

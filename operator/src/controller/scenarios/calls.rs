@@ -14,6 +14,7 @@ pub(super) const ROLE: &str =
 pub(super) const BINDING: &str =
     "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings/infermesh-mesh-config-reader";
 pub(super) const SVC: &str = "/api/v1/namespaces/ns/services/llm";
+pub(super) const KEY: &str = "/api/v1/namespaces/ns/secrets/infermesh-mesh-key";
 pub(super) const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events?";
 /// The query of a forced server-side apply by the operator's field manager.
 pub(super) const APPLY: &str = "?&force=true&fieldManager=infermesh-operator";
@@ -75,14 +76,38 @@ pub(super) fn apply_config_map(owners: &[&'static str], stable: u32) -> Call {
         })
 }
 
+/// The mesh key Secret's apply: ours, a fresh 32-byte key (base64 in the body) and when it was
+/// minted; no previous key on a first publication.
+pub(super) fn apply_key() -> Call {
+    Call::patch(format!("{KEY}{APPLY}"))
+        .includes(json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "infermesh-mesh-key", "namespace": "ns", "labels": managed()},
+        }))
+        .check(|body| {
+            use base64::Engine as _;
+            let current = body["data"]["current"].as_str().expect("a current key");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(current)
+                .expect("base64");
+            assert_eq!(bytes.len(), 32);
+            let at = body["metadata"]["annotations"]["infermesh.io/rotated-at"]
+                .as_str()
+                .expect("a rotation time");
+            assert!(humantime::parse_rfc3339(at).is_ok(), "{at}");
+        })
+}
+
 pub(super) fn apply_role(owners: &[&str]) -> Call {
     Call::patch(format!("{ROLE}{APPLY}")).body(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": reader_meta(owners),
-        "rules": [{
-            "apiGroups": [""], "resources": ["configmaps"],
-            "resourceNames": ["infermesh-mesh-config"], "verbs": ["get", "list", "watch"],
-        }],
+        "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"],
+             "resourceNames": ["infermesh-mesh-config"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"],
+             "resourceNames": ["infermesh-mesh-key"], "verbs": ["get", "list", "watch"]},
+        ],
     }))
 }
 
@@ -133,15 +158,15 @@ pub(super) fn absent(uri: &str) -> Call {
     Call::get(uri).fail(404, "NotFound")
 }
 
-/// The reads before a publication of the namespace's ConfigMap, Role and RoleBinding, answered
-/// "not found".
-pub(super) fn published_absent() -> [Call; 3] {
-    [absent(CM), absent(ROLE), absent(BINDING)]
+/// The reads before a publication of the namespace's ConfigMap, Role, RoleBinding and mesh key
+/// Secret, answered "not found".
+pub(super) fn published_absent() -> [Call; 4] {
+    [absent(CM), absent(ROLE), absent(BINDING), absent(KEY)]
 }
 
 /// The same reads answered with the objects the operator made (uids `uid-cm`, `uid-role`,
-/// `uid-binding`).
-pub(super) fn published_ours() -> [Call; 3] {
+/// `uid-binding`, `uid-key`; the key minted now, so a publication keeps it).
+pub(super) fn published_ours() -> [Call; 4] {
     let meta = |name: &str, uid: &str| json!({"name": name, "namespace": "ns", "uid": uid, "labels": managed()});
     [
         Call::get(CM).reply(json!({
@@ -160,15 +185,38 @@ pub(super) fn published_ours() -> [Call; 3] {
                 "name": "infermesh-mesh-config-reader",
             },
         })),
+        Call::get(KEY).reply(ours_key()),
     ]
 }
 
+/// The mesh key Secret as the operator made it, with uid `uid-key`: minted now, key bytes 7.
+pub(super) fn ours_key() -> Value {
+    use base64::Engine as _;
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {
+            "name": "infermesh-mesh-key", "namespace": "ns", "uid": "uid-key", "labels": managed(),
+            "annotations": {"infermesh.io/rotated-at": now},
+        },
+        "data": {"current": base64::engine::general_purpose::STANDARD.encode([7u8; 32])},
+    })
+}
+
+/// The mesh key Secret's apply when [`ours_key`] was found: the same key kept.
+pub(super) fn keep_key() -> Call {
+    Call::patch(format!("{KEY}{APPLY}")).includes(json!({
+        "data": {"current": ours_key()["data"]["current"]},
+    }))
+}
+
 /// The deletes of the namespace's published objects read by [`published_ours`], in order.
-pub(super) fn delete_published() -> [Call; 3] {
+pub(super) fn delete_published() -> [Call; 4] {
     [
         delete_ours(CM, "uid-cm"),
         delete_ours(BINDING, "uid-binding"),
         delete_ours(ROLE, "uid-role"),
+        delete_ours(KEY, "uid-key"),
     ]
 }
 

@@ -58,6 +58,7 @@ async fn a_service_it_did_not_create_is_a_name_clash_never_applied_nor_deleted()
         [
             published_absent().into(),
             vec![
+                apply_key(),
                 apply_config_map(&["llm"], 90),
                 apply_role(&["llm"]),
                 apply_binding(&["llm"]),
@@ -77,7 +78,7 @@ async fn a_service_it_did_not_create_is_a_name_clash_never_applied_nor_deleted()
     let (handle, bodies) = script.finish().await;
 
     // Deleting the ModelService removes what the operator published, not the user's Service.
-    let ms = deleting(with_status_from(ms, &bodies[7]));
+    let ms = deleting(with_status_from(ms, &bodies[9]));
     let script = serve(
         handle,
         [
@@ -130,6 +131,7 @@ async fn a_config_map_it_did_not_create_is_never_written_and_every_model_service
             user_cm(),
             absent(ROLE),
             absent(BINDING),
+            absent(KEY),
             absent(SVC),
             apply_service(),
             clash_status(&ms, "False", "rename or delete that ConfigMap"),
@@ -137,6 +139,7 @@ async fn a_config_map_it_did_not_create_is_never_written_and_every_model_service
             user_cm(),
             absent(ROLE),
             absent(BINDING),
+            absent(KEY),
             absent(other_svc),
             Call::patch(format!("{other_svc}{APPLY}"))
                 .includes(json!({"metadata": {"name": "other"}})),
@@ -161,16 +164,17 @@ async fn a_config_map_it_did_not_create_is_never_written_and_every_model_service
         assert_eq!(action, Action::requeue(RESYNC));
     }
     let (handle, bodies) = script.finish().await;
-    let status = &bodies[5]["status"];
+    let status = &bodies[6]["status"];
     assert!(status["revision"].is_null(), "nothing was published");
 
     // The user removed their ConfigMap: the next reconcile publishes the namespace's config.
-    let ms = with_status_from(ms, &bodies[5]);
+    let ms = with_status_from(ms, &bodies[6]);
     let script = serve(
         handle,
         [
             published_absent().into(),
             vec![
+                apply_key(),
                 apply_config_map(&["llm", "other"], 90),
                 apply_role(&["llm", "other"]),
                 apply_binding(&["llm", "other"]),

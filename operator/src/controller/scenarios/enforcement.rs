@@ -37,6 +37,7 @@ async fn ready_waits_until_every_serving_sidecar_reports_the_revision() {
         [
             published_absent().into(),
             vec![
+                apply_key(),
                 apply_config_map(&["llm"], 90),
                 apply_role(&["llm"]),
                 apply_binding(&["llm"]),
@@ -68,8 +69,8 @@ async fn ready_waits_until_every_serving_sidecar_reports_the_revision() {
         "a lagging sidecar is asked again in seconds"
     );
     let (handle, bodies) = script.finish().await;
-    let revision = revision(&bodies[8]);
-    let message = bodies[8]["status"]["conditions"][0]["message"]
+    let revision = revision(&bodies[10]);
+    let message = bodies[10]["status"]["conditions"][0]["message"]
         .as_str()
         .unwrap();
     assert_eq!(
@@ -79,7 +80,7 @@ async fn ready_waits_until_every_serving_sidecar_reports_the_revision() {
              00000000000000ff)"
         )
     );
-    let ms = with_status_from(ms, &bodies[8]);
+    let ms = with_status_from(ms, &bodies[10]);
 
     // The sidecar caught up: the config is unchanged (no write), the status turns Ready and says
     // by how many sidecars, and the Ready event names the revision.
@@ -125,6 +126,7 @@ async fn a_sidecar_that_does_not_answer_counts_as_lagging() {
         [
             published_absent().into(),
             vec![
+                apply_key(),
                 apply_config_map(&["llm"], 90),
                 apply_role(&["llm"]),
                 apply_binding(&["llm"]),
@@ -141,7 +143,7 @@ async fn a_sidecar_that_does_not_answer_counts_as_lagging() {
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(PROPAGATION_RECHECK));
     let (_, bodies) = script.finish().await;
-    let message = bodies[8]["status"]["conditions"][0]["message"]
+    let message = bodies[10]["status"]["conditions"][0]["message"]
         .as_str()
         .unwrap();
     assert!(
@@ -175,6 +177,7 @@ async fn pods_without_the_sidecar_are_listed_warned_once_and_left_to_direct_mesh
             published_absent().into(),
             vec![
                 // The unmeshed pod stays a direct endpoint of the mesh config, on its model port.
+                apply_key(),
                 Call::patch(format!("{CM}{APPLY}")).check(|body| {
                     let json = body["data"]["mesh.json"].as_str().unwrap();
                     let config: MeshConfig = serde_json::from_str(json).unwrap();
@@ -219,7 +222,7 @@ async fn pods_without_the_sidecar_are_listed_warned_once_and_left_to_direct_mesh
     let action = reconcile(Arc::new(ms.clone()), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     let (handle, bodies) = script.finish().await;
-    let message = bodies[8]["status"]["conditions"][3]["message"]
+    let message = bodies[10]["status"]["conditions"][3]["message"]
         .as_str()
         .unwrap();
     for says in [
@@ -233,13 +236,13 @@ async fn pods_without_the_sidecar_are_listed_warned_once_and_left_to_direct_mesh
         assert!(message.contains(says), "{says:?} not in {message}");
     }
     assert_eq!(
-        bodies[11]["note"],
+        bodies[13]["note"],
         json!(message),
         "the warning tells the fix"
     );
 
     // Nothing changed: no status write, no second warning.
-    let ms = with_status_from(ms, &bodies[8]);
+    let ms = with_status_from(ms, &bodies[10]);
     let script = serve(handle, [vec![get_service(), apply_service()]]);
     reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     script.finish().await;

@@ -132,6 +132,7 @@ async fn a_bad_regex_keeps_its_last_valid_entry_and_the_good_one_goes_on() {
         [
             published_ours().into(),
             vec![
+                keep_key(),
                 Call::patch(format!("{CM}{APPLY}")).includes(json!({
                     "metadata": {"ownerReferences": [shared_owner("bad"), shared_owner("llm")]},
                 })),
@@ -147,12 +148,12 @@ async fn a_bad_regex_keeps_its_last_valid_entry_and_the_good_one_goes_on() {
     );
     reconcile(Arc::new(bad.clone()), ctx.clone()).await.unwrap();
     let (handle, bodies) = script.finish().await;
-    let valid = entry(&mesh(&bodies[3]), "bad")
+    let valid = entry(&mesh(&bodies[5]), "bad")
         .expect("bad's entry")
         .clone();
-    let bad_service = found(bodies[7].clone(), "uid-bad-svc");
-    let bad = with_status_from(bad, &bodies[8]);
-    let revision = revision(&bodies[8]);
+    let bad_service = found(bodies[9].clone(), "uid-bad-svc");
+    let bad = with_status_from(bad, &bodies[10]);
+    let revision = revision(&bodies[10]);
 
     // Its route gets a regex that does not compile: its last valid entry stays, so the config is
     // unchanged and not written; it reports what to fix and what is in force, and warns once.
@@ -208,6 +209,7 @@ async fn a_bad_regex_keeps_its_last_valid_entry_and_the_good_one_goes_on() {
         [
             published_ours().into(),
             vec![
+                keep_key(),
                 apply_config_map(&["bad", "llm"], 50),
                 apply_role(&["bad", "llm"]),
                 apply_binding(&["bad", "llm"]),
@@ -225,7 +227,7 @@ async fn a_bad_regex_keeps_its_last_valid_entry_and_the_good_one_goes_on() {
     reconcile(Arc::new(good), ctx.clone()).await.unwrap();
     let (handle, bodies) = script.finish().await;
     assert_eq!(
-        entry(&mesh(&bodies[3]), "bad"),
+        entry(&mesh(&bodies[5]), "bad"),
         Some(&valid),
         "the last valid entry"
     );
@@ -266,6 +268,7 @@ async fn a_bad_regex_that_never_was_valid_has_no_entry() {
         [
             published_absent().into(),
             vec![
+                apply_key(),
                 Call::patch(format!("{CM}{APPLY}")).check(|body| {
                     let config = mesh(body);
                     assert!(entry(&config, "bad").is_none(), "{config:?}");
@@ -317,6 +320,7 @@ async fn an_entry_too_large_for_the_config_is_left_out_and_reported_on_it_alone(
         [
             published_absent().into(),
             vec![
+                apply_key(),
                 Call::patch(format!("{CM}{APPLY}")).check(|body| {
                     let json = body["data"]["mesh.json"].as_str().unwrap();
                     assert!(json.len() <= MAX_CONFIG_BYTES, "{}", json.len());
@@ -389,6 +393,7 @@ async fn overlapping_selectors_are_reported_on_the_model_services_concerned() {
         [
             published_absent().into(),
             vec![
+                apply_key(),
                 Call::patch(format!("{CM}{APPLY}")).check(|body| {
                     let config = mesh(body);
                     let shadow = entry(&config, "shadow").unwrap();

@@ -142,6 +142,7 @@ async fn created(ctx: &Arc<Context>, handle: Handle) -> Created {
             vec![add_finalizer(&ms)],
             published_absent().into(),
             vec![
+                apply_key(),
                 apply_config_map(&["llm"], 90),
                 apply_role(&["llm"]),
                 apply_binding(&["llm"]),
@@ -164,18 +165,18 @@ async fn created(ctx: &Arc<Context>, handle: Handle) -> Created {
         .unwrap();
     assert_eq!(second, Action::requeue(RESYNC));
     let (handle, bodies) = script.finish().await;
-    let revision = revision(&bodies[9]);
-    assert_eq!(config_map_revision(&bodies[4]), revision);
+    let revision = revision(&bodies[11]);
+    assert_eq!(config_map_revision(&bodies[6]), revision);
     assert_eq!(
-        bodies[9]["status"]["configPublishedAt"],
-        bodies[9]["status"]["conditions"][1]["lastTransitionTime"],
+        bodies[11]["status"]["configPublishedAt"],
+        bodies[11]["status"]["conditions"][1]["lastTransitionTime"],
         "the entry was published by this reconcile"
     );
     Created {
-        ms: with_status_from(finalized(ms), &bodies[9]),
+        ms: with_status_from(finalized(ms), &bodies[11]),
         handle,
         revision,
-        regenerated: bodies[10]["metadata"]["name"].as_str().unwrap().to_string(),
+        regenerated: bodies[12]["metadata"]["name"].as_str().unwrap().to_string(),
     }
 }
 
@@ -214,6 +215,7 @@ async fn a_weight_change_republishes_restamps_and_tells() {
         [
             published_ours().into(),
             vec![
+                keep_key(),
                 apply_config_map(&["llm"], 50),
                 apply_role(&["llm"]),
                 apply_binding(&["llm"]),
@@ -232,15 +234,15 @@ async fn a_weight_change_republishes_restamps_and_tells() {
     let action = reconcile(Arc::new(ms), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     let (_, bodies) = script.finish().await;
-    let after = revision(&bodies[8]);
+    let after = revision(&bodies[10]);
     assert_ne!(after, before, "a new revision carries the new weights");
-    assert_eq!(config_map_revision(&bodies[3]), after);
-    let note = bodies[9]["note"].as_str().unwrap();
+    assert_eq!(config_map_revision(&bodies[5]), after);
+    let note = bodies[11]["note"].as_str().unwrap();
     assert!(
         note.contains(&format!("revision {after} published")),
         "{note}"
     );
-    assert_ne!(bodies[9]["metadata"]["name"], json!(regenerated));
+    assert_ne!(bodies[11]["metadata"]["name"], json!(regenerated));
 }
 
 #[tokio::test]
@@ -297,7 +299,8 @@ async fn cleanup_in_a_terminating_namespace_lets_the_model_service_go() {
         [
             published_absent().into(),
             vec![
-                Call::patch(format!("{CM}{APPLY}"))
+                // The first write, the key's, is refused.
+                Call::patch(format!("{KEY}{APPLY}"))
                     .includes(json!({"metadata": {"ownerReferences": [shared_owner("other")]}}))
                     .fail(403, "Forbidden"),
                 absent(SVC),
@@ -319,7 +322,10 @@ async fn a_forbidden_publication_fails_the_reconcile_and_is_retried_whole() {
         handle,
         [
             published_absent().into(),
-            vec![apply_config_map(&["llm"], 90).fail(403, "Forbidden")],
+            vec![
+                apply_key(),
+                apply_config_map(&["llm"], 90).fail(403, "Forbidden"),
+            ],
         ],
     );
     let err = reconcile(Arc::new(ms.clone()), ctx.clone())
@@ -337,6 +343,7 @@ async fn a_forbidden_publication_fails_the_reconcile_and_is_retried_whole() {
         [
             published_absent().into(),
             vec![
+                apply_key(),
                 apply_config_map(&["llm"], 90),
                 apply_role(&["llm"]),
                 apply_binding(&["llm"]),
@@ -361,6 +368,7 @@ async fn a_conflict_is_counted_requeued_and_the_retry_writes_only_what_is_left()
         [
             published_absent().into(),
             vec![
+                apply_key(),
                 apply_config_map(&["llm"], 90),
                 apply_role(&["llm"]),
                 apply_binding(&["llm"]),
