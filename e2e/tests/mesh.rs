@@ -257,6 +257,37 @@ fn toolbox_metrics(ns: &str) -> Result<String, String> {
         .ok_or("reading the toolbox sidecar's /metrics failed".to_string())
 }
 
+/// Starts pod `name` (label `app=<name>`) in `ns` from the examples image, with the client
+/// binary to exec and a model server keeping it alive, and waits until it is Ready.
+fn client_pod(ns: &str, name: &str) -> Result<(), String> {
+    run(&[
+        "-n",
+        ns,
+        "run",
+        name,
+        "--image=infermesh/examples:0.1.0",
+        "--image-pull-policy=IfNotPresent",
+        "--restart=Never",
+        &format!("--labels=app={name}"),
+        "--command",
+        "--",
+        "/usr/local/bin/infermesh-model-server",
+        "--port",
+        "9090",
+        "--version",
+        name,
+    ])?;
+    run(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{name}"),
+        "--timeout=120s",
+    ])?;
+    Ok(())
+}
+
 /// `reason`'s count in `infermesh_routed_markers_refused_total` of the sidecar of model pod `pod`.
 fn markers_refused(ns: &str, pod: &str, reason: &str) -> Result<u64, String> {
     let (ok, out) = client_exec(ns, pod, "model", &["get", "http://127.0.0.1:15020/metrics"]);
@@ -293,30 +324,7 @@ fn spoofed_markers_are_routed_by_the_weights(n: &str, started: &Instant) -> Resu
     let before = markers_refused(n, &pod, "unsigned")?;
     let outsider = Namespace::create("outsider", false)?;
     let o = outsider.0.as_str();
-    run(&[
-        "-n",
-        o,
-        "run",
-        "spoofer",
-        "--image=infermesh/examples:0.1.0",
-        "--image-pull-policy=IfNotPresent",
-        "--restart=Never",
-        "--command",
-        "--",
-        "/usr/local/bin/infermesh-model-server",
-        "--port",
-        "9090",
-        "--version",
-        "spoofer",
-    ])?;
-    run(&[
-        "-n",
-        o,
-        "wait",
-        "--for=condition=Ready",
-        "pod/spoofer",
-        "--timeout=120s",
-    ])?;
+    client_pod(o, "spoofer")?;
     let url = format!("http://{ip}:15006/");
     let (ok, out) = client_exec(
         o,
@@ -377,31 +385,7 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
     // A long-lived pod with the example binaries and a sidecar of its own: the mesh's client.
     // It starts before the namespace has any ModelService: its sidecar, with no config to read
     // yet, serves an empty one and gets ready (it then picks the config up as it appears).
-    run(&[
-        "-n",
-        n,
-        "run",
-        "toolbox",
-        "--image=infermesh/examples:0.1.0",
-        "--image-pull-policy=IfNotPresent",
-        "--restart=Never",
-        "--labels=app=toolbox",
-        "--command",
-        "--",
-        "/usr/local/bin/infermesh-model-server",
-        "--port",
-        "9090",
-        "--version",
-        "toolbox",
-    ])?;
-    run(&[
-        "-n",
-        n,
-        "wait",
-        "--for=condition=Ready",
-        "pod/toolbox",
-        "--timeout=120s",
-    ])?;
+    client_pod(n, "toolbox")?;
 
     // The example manifests, moved into the test's namespace; the server accepts them.
     let examples = render(&repo_root().join("examples/manifests"));
