@@ -33,6 +33,14 @@ async fn run() -> anyhow::Result<()> {
         format!("cannot listen on {addr}: is the port free? choose another with --port")
     })?;
     let addr = listener.local_addr().unwrap_or(addr);
+    // Install the signal handlers before announcing the address: a SIGTERM sent as soon as the
+    // server is reachable must drain it, not kill it.
+    let mut shutdown = Box::pin(shutdown_signal());
+    tokio::select! {
+        biased;
+        () = &mut shutdown => return Ok(()),
+        () = std::future::ready(()) => {}
+    }
     tracing::info!(
         %addr,
         version = %config.version,
@@ -40,7 +48,7 @@ async fn run() -> anyhow::Result<()> {
         pod = %config.pod,
         "infermesh-model-server listening"
     );
-    serve(listener, config, shutdown_signal()).await;
+    serve(listener, config, shutdown).await;
     Ok(())
 }
 
