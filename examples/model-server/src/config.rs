@@ -261,9 +261,10 @@ impl Config {
                 base: us(args.step_base_us, defaults.base),
                 prefill_per_token: us(args.prefill_us_per_token, defaults.prefill_per_token),
                 decode_per_seq: us(args.decode_us_per_seq, defaults.decode_per_seq),
-                lora_load: Duration::from_millis(args.lora_load_ms),
+                lora_load: Duration::ZERO,
             }
         };
+        // Loading an adapter is not a step cost the old pacing knew about: it always applies.
         let cost = StepCost {
             lora_load: Duration::from_millis(args.lora_load_ms),
             ..cost
@@ -281,7 +282,7 @@ impl Config {
                 max_model_len,
                 max_num_seqs: at_least_one(args.max_num_seqs, "--max-num-seqs")?,
                 max_batched_tokens: at_least_one(args.max_batched_tokens, "--max-batched-tokens")?,
-                max_waiting: args.max_waiting as usize,
+                max_waiting: at_least_one(args.max_waiting, "--max-waiting")?,
                 kv_blocks,
                 block_size,
                 cost,

@@ -22,6 +22,10 @@ use crate::sampler::Sampler;
 pub use scheduler::{Finish, FinishReason, Output};
 use scheduler::{Limits, NewSeq, Scheduler, StepStats};
 
+/// How far behind its own schedule the engine may fall and still catch up (run the next step
+/// shorter); beyond that (an overloaded machine) it restarts from the present.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// A request for the engine.
 #[derive(Debug)]
 pub struct Request {
@@ -165,6 +169,8 @@ impl EngineTask {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Submit>) {
         let mut open = true;
+        // End of the last simulated step, while the engine is busy.
+        let mut deadline: Option<Instant> = None;
         loop {
             while open {
                 match rx.try_recv() {
@@ -179,6 +185,7 @@ impl EngineTask {
                 if !open {
                     return;
                 }
+                deadline = None;
                 match rx.recv().await {
                     Some(s) => self.add(s),
                     None => return,
@@ -197,9 +204,21 @@ impl EngineTask {
             if cost.is_zero() {
                 tokio::task::yield_now().await;
             } else {
-                tokio::time::sleep(cost).await;
+                // Back-to-back steps are timed from the previous step's deadline, not from when
+                // the timer fired: tokio timers round up to the millisecond, and sub-millisecond
+                // costs would otherwise add up to a slower engine than modelled.
+                let now = Instant::now();
+                let start = match deadline {
+                    Some(d) if d + CATCH_UP >= now => d,
+                    _ => now,
+                };
+                let end = start + cost;
+                deadline = Some(end);
+                tokio::time::sleep_until(end).await;
             }
             let (outputs, stats) = self.scheduler.complete(&plan, Instant::now());
+            // Metrics first: a client that got its last token and then scrapes sees it counted.
+            self.publish(Some(stats));
             for out in outputs {
                 let done = out.finish.is_some();
                 let id = out.id;
@@ -210,7 +229,6 @@ impl EngineTask {
                     self.senders.remove(&id);
                 }
             }
-            self.publish(Some(stats));
         }
     }
 
