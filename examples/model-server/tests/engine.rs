@@ -286,3 +286,22 @@ async fn the_waiting_queue_is_bounded() {
     tokio::time::sleep(5 * MS).await;
     assert!(engine.submit(request(&cfg, "e", 5, None)).is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn sub_millisecond_steps_do_not_drift() {
+    // 0.5 ms per decode step: tokio's timers fire on whole milliseconds, yet 100 steps take
+    // 50 ms, not 100, because each step is timed from the previous step's deadline.
+    let cfg = EngineConfig {
+        cost: StepCost {
+            base: Duration::from_micros(500),
+            ..StepCost::default()
+        },
+        ..config()
+    };
+    let engine = Engine::start(&cfg);
+    let start = Instant::now();
+    let seen = run_one(&engine, request(&cfg, "a b", 100, None)).await;
+    assert_eq!(seen.finish.completion_tokens, 100);
+    let took = start.elapsed();
+    assert!(took >= 50 * MS && took <= 52 * MS, "{took:?}");
+}

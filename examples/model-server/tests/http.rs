@@ -378,3 +378,53 @@ async fn streams_are_paced_by_engine_steps() {
     );
     assert!(first >= 20 * MS);
 }
+
+#[tokio::test]
+async fn the_e2e_command_line_keeps_the_old_pacing() {
+    use clap::Parser;
+    let args = infermesh_model_server::Args::try_parse_from([
+        "infermesh-model-server",
+        "--port",
+        "8080",
+        "--version",
+        "v1",
+        "--model",
+        "llm",
+        "--token-interval-ms",
+        "50",
+    ])
+    .expect("flags parse");
+    let cfg = Config::from_args(&args, "pod".into()).expect("valid");
+    let s = start(cfg).await;
+    // Whole answers at once: the e2e POST loads send thousands of them.
+    let started = Instant::now();
+    for _ in 0..20 {
+        let (status, headers, v) = call_json(
+            s.addr,
+            "/v1/completions",
+            json!({"prompt": "hello mesh", "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-model-version"], "v1");
+        assert_eq!(v["choices"][0]["text"], "hello mesh");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Streams: one token per 50 ms.
+    let events = stream(
+        s.addr,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "one two three"}], "max_tokens": 12, "stream": true}),
+    )
+    .await;
+    assert_eq!(events.len(), 13);
+    assert_eq!(events[12].1, "[DONE]");
+    let (first, last) = (events[0].0, events[11].0);
+    assert!(first >= 50 * MS, "{first:?}");
+    // Eleven intervals between them, less the first arrival's jitter.
+    assert!(last - first >= 10 * 50 * MS, "{:?}", last - first);
+}
