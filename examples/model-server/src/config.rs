@@ -126,10 +126,26 @@ pub enum ConfigError {
         block_size: u32,
         max_model_len: u32,
     },
+    #[error("{0} must be at most {1}, got {2}")]
+    TooLarge(&'static str, u64, u64),
     #[error("--mean-output-tokens must be a finite number >= 0, got {0}")]
     MeanOutput(f64),
     #[error("--lora names must be non-empty, distinct and differ from --model, got {0:?}")]
     Lora(Vec<String>),
+}
+
+/// Largest step-cost flag, in microseconds (10 s): keeps simulated times far from overflow.
+const MAX_COST_US: u64 = 10_000_000;
+/// Largest `--lora-load-ms` (10 min).
+const MAX_LORA_LOAD_MS: u64 = 600_000;
+/// Largest `--kv-blocks`: the pool keeps a few dozen bytes per block.
+const MAX_KV_BLOCKS: u64 = 1 << 20;
+
+fn at_most(value: u64, max: u64, flag: &'static str) -> Result<u64, ConfigError> {
+    if value > max {
+        return Err(ConfigError::TooLarge(flag, max, value));
+    }
+    Ok(value)
 }
 
 /// What one engine step costs: `base + prefill x prompt tokens + decode x decoding sequences`,
@@ -229,6 +245,15 @@ impl Config {
         if !args.mean_output_tokens.is_finite() || args.mean_output_tokens < 0.0 {
             return Err(ConfigError::MeanOutput(args.mean_output_tokens));
         }
+        for (v, flag) in [
+            (args.step_base_us, "--step-base-us"),
+            (args.prefill_us_per_token, "--prefill-us-per-token"),
+            (args.decode_us_per_seq, "--decode-us-per-seq"),
+        ] {
+            at_most(v.unwrap_or(0), MAX_COST_US, flag)?;
+        }
+        at_most(args.lora_load_ms, MAX_LORA_LOAD_MS, "--lora-load-ms")?;
+        at_most(u64::from(args.kv_blocks), MAX_KV_BLOCKS, "--kv-blocks")?;
         let max_model_len = at_least_one(args.max_model_len, "--max-model-len")?;
         let block_size = at_least_one(args.block_size, "--block-size")?;
         let kv_blocks = at_least_one(args.kv_blocks, "--kv-blocks")?;
@@ -430,6 +455,16 @@ mod tests {
         assert!(matches!(
             Config::from_args(&args, String::new()),
             Err(ConfigError::Lora(_))
+        ));
+        let args = parse(&["--step-base-us", "18446744073709551615"]).expect("parses");
+        assert!(matches!(
+            Config::from_args(&args, String::new()),
+            Err(ConfigError::TooLarge("--step-base-us", ..))
+        ));
+        let args = parse(&["--kv-blocks", "4000000000"]).expect("parses");
+        assert!(matches!(
+            Config::from_args(&args, String::new()),
+            Err(ConfigError::TooLarge("--kv-blocks", ..))
         ));
         let args = parse(&["--mean-output-tokens=-1"]).expect("parses");
         assert!(matches!(

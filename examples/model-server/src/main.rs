@@ -46,6 +46,17 @@ async fn run() -> anyhow::Result<()> {
         version = %config.version,
         model = %config.model,
         pod = %config.pod,
+        pacing = if config.engine.cost.base.is_zero()
+            && config.engine.cost.prefill_per_token.is_zero()
+            && config.engine.cost.decode_per_seq.is_zero()
+        {
+            "token-interval"
+        } else {
+            "cost-model"
+        },
+        max_num_seqs = config.engine.max_num_seqs,
+        kv_blocks = config.engine.kv_blocks,
+        loras = ?config.engine.loras,
         "infermesh-model-server listening"
     );
     serve(listener, config, shutdown).await;

@@ -180,8 +180,8 @@ impl EngineTask {
                 }
             }
             self.abort_closed();
-            self.publish(None);
             if self.scheduler.is_idle() {
+                self.publish(None);
                 if !open {
                     return;
                 }
@@ -194,6 +194,8 @@ impl EngineTask {
             }
             let plan = self.scheduler.schedule(Instant::now());
             self.release_queue_slots();
+            // As vLLM, the gauges show the batch being computed during the step.
+            self.publish(None);
             if plan.is_empty() {
                 // Cannot happen with validated limits (a lone request always fits); wait for
                 // new work rather than spin.
@@ -212,7 +214,9 @@ impl EngineTask {
                     Some(d) if d + CATCH_UP >= now => d,
                     _ => now,
                 };
-                let end = start + cost;
+                let end = start
+                    .checked_add(cost)
+                    .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400));
                 deadline = Some(end);
                 tokio::time::sleep_until(end).await;
             }
