@@ -267,6 +267,20 @@ async fn lora_loads_cost_once_and_the_least_recent_is_evicted() {
     );
     let m = engine.metrics();
     assert_eq!(m.max_lora, Some(1));
+    // While b runs, a request for a waits for the slot: both show in lora_requests_info.
+    let _running = engine
+        .submit(request(&cfg, &words(100, 8), 50, Some(1)))
+        .expect("queued");
+    tokio::time::sleep(60 * MS).await;
+    let _waiting = engine
+        .submit(request(&cfg, &words(200, 8), 5, Some(0)))
+        .expect("queued");
+    tokio::time::sleep(5 * MS).await;
+    let m = engine.metrics();
+    assert_eq!(m.running_lora_adapters, ["b"]);
+    assert_eq!(m.waiting_lora_adapters, ["a"]);
+    assert_eq!((m.num_requests_running, m.num_requests_waiting), (1, 1));
+    assert!(m.lora_info_time > 1.6e9, "a Unix time");
 }
 
 #[tokio::test(start_paused = true)]
