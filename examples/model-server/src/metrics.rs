@@ -80,6 +80,9 @@ pub struct Metrics {
     pub waiting_lora_adapters: Vec<String>,
     /// Unix time of the last LoRA-info update (the gauge's value, as vLLM sets it).
     pub lora_info_time: f64,
+    /// KV-cache geometry, shown by `vllm:cache_config_info` (routers read the block size).
+    pub block_size: usize,
+    pub num_gpu_blocks: usize,
 }
 
 impl Metrics {
@@ -103,6 +106,8 @@ impl Metrics {
             running_lora_adapters: Vec::new(),
             waiting_lora_adapters: Vec::new(),
             lora_info_time: 0.0,
+            block_size: 16,
+            num_gpu_blocks: 0,
         }
     }
 
@@ -213,6 +218,16 @@ impl Metrics {
             let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
             let _ = writeln!(out, "{name}_sum{{{labels}}} {}", num(h.sum));
         }
+        let name = "vllm:cache_config_info";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Information of the LLMEngine CacheConfig\n# TYPE {name} gauge"
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{block_size=\"{}\",enable_prefix_caching=\"True\",engine=\"0\",num_gpu_blocks=\"{}\"}} 1.0",
+            self.block_size, self.num_gpu_blocks
+        );
         if let Some(max) = self.max_lora {
             let name = "vllm:lora_requests_info";
             let _ = writeln!(
@@ -283,6 +298,9 @@ mod tests {
         )));
         assert!(text.contains(
             "vllm:lora_requests_info{max_lora=\"2\",waiting_lora_adapters=\"\",running_lora_adapters=\"a,b\"} 1700000000.5\n"
+        ));
+        assert!(text.contains(
+            "vllm:cache_config_info{block_size=\"16\",enable_prefix_caching=\"True\",engine=\"0\",num_gpu_blocks=\"0\"} 1.0\n"
         ));
         assert_eq!(TTFT_BUCKETS.len(), 22);
         assert_eq!(ITL_BUCKETS.len(), 19);

@@ -69,9 +69,11 @@ impl Engine {
     pub fn start(cfg: &EngineConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let metrics = Arc::new(Mutex::new(Metrics::new(
-            (!cfg.loras.is_empty()).then_some(cfg.max_loras),
-        )));
+        let metrics = Arc::new(Mutex::new(Metrics {
+            block_size: cfg.block_size,
+            num_gpu_blocks: cfg.kv_blocks,
+            ..Metrics::new((!cfg.loras.is_empty()).then_some(cfg.max_loras))
+        }));
         let scheduler = Scheduler::new(Limits {
             max_num_seqs: cfg.max_num_seqs,
             max_batched_tokens: cfg.max_batched_tokens,
