@@ -279,20 +279,20 @@ impl Config {
             || args.decode_us_per_seq.is_some();
         let defaults = StepCost::small_gpu();
         let us = |v: Option<u64>, d: Duration| v.map(Duration::from_micros).unwrap_or(d);
+        // Loading an adapter is no step cost the old pacing knew of: it applies either way.
+        let lora_load = Duration::from_millis(args.lora_load_ms);
         let cost = if args.token_interval_ms.is_some() && !any_cost {
-            StepCost::default()
+            StepCost {
+                lora_load,
+                ..StepCost::default()
+            }
         } else {
             StepCost {
                 base: us(args.step_base_us, defaults.base),
                 prefill_per_token: us(args.prefill_us_per_token, defaults.prefill_per_token),
                 decode_per_seq: us(args.decode_us_per_seq, defaults.decode_per_seq),
-                lora_load: Duration::ZERO,
+                lora_load,
             }
-        };
-        // Loading an adapter is not a step cost the old pacing knew about: it always applies.
-        let cost = StepCost {
-            lora_load: Duration::from_millis(args.lora_load_ms),
-            ..cost
         };
         Ok(Self {
             version: args.version.clone(),

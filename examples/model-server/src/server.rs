@@ -309,7 +309,9 @@ async fn complete(
             Some(param),
         );
     }
-    let seed = sampler::request_seed(ecfg.seed, request.seed, &prompt);
+    // An adapter answers the same prompt differently from the base model.
+    let server_seed = lora.map_or(ecfg.seed, |l| tokenizer::mix(ecfg.seed ^ (l as u64 + 1)));
+    let seed = sampler::request_seed(server_seed, request.seed, &prompt);
     let stop = StopSpec {
         stop: request.stop.clone(),
         min_tokens: request.min_tokens as usize,
