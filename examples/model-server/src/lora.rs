@@ -30,10 +30,6 @@ impl LoraSlots {
         }
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// Adapters loaded so far (each load, including reloads after an eviction).
     pub fn loads(&self) -> u64 {
         self.loads

@@ -45,14 +45,6 @@ impl KvCache {
         cache
     }
 
-    pub fn block_size(&self) -> usize {
-        self.block_size
-    }
-
-    pub fn num_blocks(&self) -> usize {
-        self.blocks.len()
-    }
-
     pub fn num_free(&self) -> usize {
         self.free.len()
     }
