@@ -428,3 +428,45 @@ async fn the_e2e_command_line_keeps_the_old_pacing() {
     // Eleven intervals between them, less the first arrival's jitter.
     assert!(last - first >= 10 * 50 * MS, "{:?}", last - first);
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_aborts_its_request() {
+    use tokio::io::AsyncWriteExt;
+    let s = start(config()).await;
+    let running = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("vllm:num_requests_running{"))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let body = json!({"prompt": "a b", "max_tokens": 3000}).to_string();
+    let mut conn = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connects");
+    conn.write_all(
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("sent");
+    tokio::time::sleep(100 * MS).await;
+    let (_, _, m) = call(s.addr, "/metrics", None).await;
+    assert!(running(&String::from_utf8_lossy(&m)).ends_with(" 1.0"));
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, m) = call(s.addr, "/metrics", None).await;
+        let m = String::from_utf8_lossy(&m).into_owned();
+        if running(&m).ends_with(" 0.0") {
+            assert!(m.contains(
+                "vllm:kv_cache_usage_perc{model_name=\"infermesh-demo\",engine=\"0\"} 0.0"
+            ));
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running: {m}");
+        tokio::time::sleep(20 * MS).await;
+    }
+}
