@@ -121,7 +121,7 @@ impl Metrics {
         };
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name}_total{{{labels}}} {v}");
+            let _ = writeln!(out, "{name}_total{{{labels}}} {}", num(v as f64));
         };
         gauge(
             &mut out,
@@ -179,7 +179,8 @@ impl Metrics {
         for (reason, v) in [("stop", self.success_stop), ("length", self.success_length)] {
             let _ = writeln!(
                 out,
-                "{name}_total{{{labels},finished_reason=\"{reason}\"}} {v}"
+                "{name}_total{{{labels},finished_reason=\"{reason}\"}} {}",
+                num(v as f64)
             );
         }
         for (name, help, h) in [
@@ -210,12 +211,14 @@ impl Metrics {
                 cumulative += c;
                 let _ = writeln!(
                     out,
-                    "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
-                    num(*bound)
+                    "{name}_bucket{{{labels},le=\"{}\"}} {}",
+                    num(*bound),
+                    num(cumulative as f64)
                 );
             }
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+            let count = num(h.count as f64);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
             let _ = writeln!(out, "{name}_sum{{{labels}}} {}", num(h.sum));
         }
         let name = "vllm:cache_config_info";
@@ -246,7 +249,7 @@ impl Metrics {
     }
 }
 
-/// A number as Python's prometheus_client writes it (`1.0`, `0.25`, `1.7e+09` is fine too).
+/// A number as Python's prometheus_client writes it: always with a fraction (`42.0`, `0.25`).
 fn num(v: f64) -> String {
     if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.1}")
@@ -280,21 +283,21 @@ mod tests {
         let l = r#"model_name="my\"model",engine="0""#;
         assert!(text.contains(&format!("vllm:num_requests_running{{{l}}} 3.0\n")));
         assert!(text.contains("# TYPE vllm:prompt_tokens counter\n"));
-        assert!(text.contains(&format!("vllm:prompt_tokens_total{{{l}}} 42\n")));
+        assert!(text.contains(&format!("vllm:prompt_tokens_total{{{l}}} 42.0\n")));
         assert!(text.contains(&format!(
-            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"0.001\"}} 0\n"
+            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"0.001\"}} 0.0\n"
         )));
         assert!(text.contains(&format!(
-            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"0.005\"}} 1\n"
+            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"0.005\"}} 1.0\n"
         )));
         assert!(text.contains(&format!(
-            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"2560.0\"}} 2\n"
+            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"2560.0\"}} 2.0\n"
         )));
         assert!(text.contains(&format!(
-            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"+Inf\"}} 3\n"
+            "vllm:time_to_first_token_seconds_bucket{{{l},le=\"+Inf\"}} 3.0\n"
         )));
         assert!(text.contains(&format!(
-            "vllm:time_to_first_token_seconds_count{{{l}}} 3\n"
+            "vllm:time_to_first_token_seconds_count{{{l}}} 3.0\n"
         )));
         assert!(text.contains(
             "vllm:lora_requests_info{max_lora=\"2\",waiting_lora_adapters=\"\",running_lora_adapters=\"a,b\"} 1700000000.5\n"

@@ -308,14 +308,14 @@ async fn a_repeated_prompt_reports_cached_tokens_and_metrics_move() {
     let text = String::from_utf8_lossy(&text).into_owned();
     let l = "{model_name=\"infermesh-demo\",engine=\"0\"}";
     for line in [
-        format!("vllm:prefix_cache_queries_total{l} 128"),
-        format!("vllm:prefix_cache_hits_total{l} 48"),
-        format!("vllm:prompt_tokens_total{l} 128"),
-        format!("vllm:generation_tokens_total{l} 8"),
-        format!("vllm:time_to_first_token_seconds_count{l} 2"),
-        format!("vllm:inter_token_latency_seconds_count{l} 6"),
-        format!("vllm:e2e_request_latency_seconds_count{l} 2"),
-        format!("vllm:request_queue_time_seconds_count{l} 2"),
+        format!("vllm:prefix_cache_queries_total{l} 128.0"),
+        format!("vllm:prefix_cache_hits_total{l} 48.0"),
+        format!("vllm:prompt_tokens_total{l} 128.0"),
+        format!("vllm:generation_tokens_total{l} 8.0"),
+        format!("vllm:time_to_first_token_seconds_count{l} 2.0"),
+        format!("vllm:inter_token_latency_seconds_count{l} 6.0"),
+        format!("vllm:e2e_request_latency_seconds_count{l} 2.0"),
+        format!("vllm:request_queue_time_seconds_count{l} 2.0"),
         format!("vllm:num_requests_running{l} 0.0"),
         format!("vllm:kv_cache_usage_perc{l} 0.0"),
         "# TYPE vllm:prompt_tokens counter".to_owned(),
