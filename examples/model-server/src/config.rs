@@ -128,6 +128,10 @@ pub enum ConfigError {
     },
     #[error("{0} must be at most {1}, got {2}")]
     TooLarge(&'static str, u64, u64),
+    #[error(
+        "--max-batched-tokens {0} is below --max-num-seqs {1}: a full batch could not decode one token each per step"
+    )]
+    BudgetBelowBatch(u32, u32),
     #[error("--mean-output-tokens must be a finite number >= 0, got {0}")]
     MeanOutput(f64),
     #[error("--lora names must be non-empty, distinct and differ from --model, got {0:?}")]
@@ -263,6 +267,13 @@ impl Config {
                 block_size: args.block_size,
                 max_model_len: args.max_model_len,
             });
+        }
+        // As vLLM requires: otherwise some running sequences would stall every step.
+        if args.max_batched_tokens < args.max_num_seqs {
+            return Err(ConfigError::BudgetBelowBatch(
+                args.max_batched_tokens,
+                args.max_num_seqs,
+            ));
         }
         let mut names = args.lora.clone();
         names.sort();
@@ -451,6 +462,11 @@ mod tests {
             Config::from_args(&args, String::new()),
             Err(ConfigError::Zero(_))
         ));
+        let args = parse(&["--max-batched-tokens", "8"]).expect("parses");
+        assert_eq!(
+            Config::from_args(&args, String::new()).unwrap_err(),
+            ConfigError::BudgetBelowBatch(8, 64)
+        );
         let args = parse(&["--lora", "a,a"]).expect("parses");
         assert!(matches!(
             Config::from_args(&args, String::new()),
