@@ -21,19 +21,41 @@ pub const REQUEST_LATENCY_BUCKETS: &[f64] = &[
     480.0, 960.0, 1920.0, 7680.0,
 ];
 
+/// vLLM's `vllm:iteration_tokens_total` buckets.
+pub const ITERATION_TOKENS_BUCKETS: &[f64] = &[
+    1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+];
+
+/// vLLM's `build_1_2_5_buckets(max)`: 1, 2, 5, 10, 20, 50, ... up to `max` (token-count
+/// histograms, bounded by the context length).
+pub fn buckets_1_2_5(max: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut scale: u64 = 1;
+    loop {
+        for m in [1, 2, 5] {
+            let v = m * scale;
+            if v > max as u64 {
+                return out;
+            }
+            out.push(v as f64);
+        }
+        scale = scale.saturating_mul(10);
+    }
+}
+
 /// A Prometheus histogram (bucket counts kept non-cumulative, summed on output).
 #[derive(Debug, Clone)]
 pub struct Histogram {
-    bounds: &'static [f64],
+    bounds: Vec<f64>,
     counts: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
+    pub fn new(bounds: &[f64]) -> Self {
         Self {
-            bounds,
+            bounds: bounds.to_vec(),
             counts: vec![0; bounds.len()],
             sum: 0.0,
             count: 0,
@@ -74,6 +96,13 @@ pub struct Metrics {
     pub itl: Histogram,
     pub e2e: Histogram,
     pub queue: Histogram,
+    pub prefill_time: Histogram,
+    pub decode_time: Histogram,
+    pub inference_time: Histogram,
+    pub request_prompt_tokens: Histogram,
+    pub request_generation_tokens: Histogram,
+    pub request_max_tokens: Histogram,
+    pub iteration_tokens: Histogram,
     /// `Some(max_loras)` when LoRA adapters are served.
     pub max_lora: Option<usize>,
     pub running_lora_adapters: Vec<String>,
@@ -86,7 +115,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(max_lora: Option<usize>) -> Self {
+    /// Metrics of an engine serving `max_model_len` tokens, with `max_lora` when it serves LoRA
+    /// adapters.
+    pub fn new(max_lora: Option<usize>, max_model_len: usize) -> Self {
+        let tokens = buckets_1_2_5(max_model_len);
         Self {
             num_requests_running: 0,
             num_requests_waiting: 0,
@@ -102,6 +134,13 @@ impl Metrics {
             itl: Histogram::new(ITL_BUCKETS),
             e2e: Histogram::new(REQUEST_LATENCY_BUCKETS),
             queue: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            prefill_time: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            decode_time: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            inference_time: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            request_prompt_tokens: Histogram::new(&tokens),
+            request_generation_tokens: Histogram::new(&tokens),
+            request_max_tokens: Histogram::new(&tokens),
+            iteration_tokens: Histogram::new(ITERATION_TOKENS_BUCKETS),
             max_lora,
             running_lora_adapters: Vec::new(),
             waiting_lora_adapters: Vec::new(),
@@ -204,6 +243,41 @@ impl Metrics {
                 "Histogram of time spent in WAITING phase for request.",
                 &self.queue,
             ),
+            (
+                "vllm:request_prefill_time_seconds",
+                "Histogram of time spent in PREFILL phase for request.",
+                &self.prefill_time,
+            ),
+            (
+                "vllm:request_decode_time_seconds",
+                "Histogram of time spent in DECODE phase for request.",
+                &self.decode_time,
+            ),
+            (
+                "vllm:request_inference_time_seconds",
+                "Histogram of time spent in RUNNING phase for request.",
+                &self.inference_time,
+            ),
+            (
+                "vllm:request_prompt_tokens",
+                "Number of prefill tokens processed.",
+                &self.request_prompt_tokens,
+            ),
+            (
+                "vllm:request_generation_tokens",
+                "Number of generation tokens processed.",
+                &self.request_generation_tokens,
+            ),
+            (
+                "vllm:request_params_max_tokens",
+                "Histogram of the max_tokens request parameter.",
+                &self.request_max_tokens,
+            ),
+            (
+                "vllm:iteration_tokens_total",
+                "Histogram of number of tokens per engine_step.",
+                &self.iteration_tokens,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             let mut cumulative = 0;
@@ -271,7 +345,7 @@ mod tests {
 
     #[test]
     fn exposition_uses_vllm_names_and_cumulative_buckets() {
-        let mut m = Metrics::new(Some(2));
+        let mut m = Metrics::new(Some(2), 100);
         m.num_requests_running = 3;
         m.prompt_tokens = 42;
         m.ttft.observe(0.003);
@@ -315,6 +389,11 @@ mod tests {
                 "{line}"
             );
         }
-        assert!(!Metrics::new(None).render("m").contains("lora"));
+        assert!(!Metrics::new(None, 100).render("m").contains("lora"));
+        assert_eq!(buckets_1_2_5(100), [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+        assert_eq!(buckets_1_2_5(4096).last(), Some(&2000.0));
+        assert!(text.contains(&format!(
+            "vllm:request_prompt_tokens_bucket{{{l},le=\"100.0\"}} 0.0\n"
+        )));
     }
 }

@@ -118,6 +118,15 @@ async fn ttft_grows_with_queue_depth() {
     assert!((m.ttft.sum() - 0.142).abs() < 1e-9, "{}", m.ttft.sum());
     assert_eq!(m.queue.count(), 4);
     assert!((m.queue.sum() - (0.015 + 0.030 + 0.045)).abs() < 1e-9);
+    // Each: prefill 13 ms from admission, decode 2 ms, running 15 ms.
+    assert!((m.prefill_time.sum() - 0.052).abs() < 1e-9);
+    assert!((m.decode_time.sum() - 0.008).abs() < 1e-9);
+    assert!((m.inference_time.sum() - 0.060).abs() < 1e-9);
+    assert_eq!(m.request_prompt_tokens.sum(), 4.0 * 96.0);
+    assert_eq!(m.request_generation_tokens.sum(), 8.0);
+    // Steps: 4 prefills (96 prompt + 1 generated token each), 4 decodes of 1 token.
+    assert_eq!(m.iteration_tokens.count(), 8);
+    assert_eq!(m.iteration_tokens.sum(), 4.0 * 97.0 + 4.0);
     // Batched instead: the four prefill together in one step and decode together.
     let engine = Engine::start(&config());
     let rxs: Vec<_> = (0..4)

@@ -72,7 +72,10 @@ impl Engine {
         let metrics = Arc::new(Mutex::new(Metrics {
             block_size: cfg.block_size,
             num_gpu_blocks: cfg.kv_blocks,
-            ..Metrics::new((!cfg.loras.is_empty()).then_some(cfg.max_loras))
+            ..Metrics::new(
+                (!cfg.loras.is_empty()).then_some(cfg.max_loras),
+                cfg.max_model_len,
+            )
         }));
         let scheduler = Scheduler::new(Limits {
             max_num_seqs: cfg.max_num_seqs,
@@ -270,6 +273,17 @@ impl EngineTask {
         };
         m.prompt_tokens += stats.prompt_tokens;
         m.generation_tokens += stats.generation_tokens;
+        m.iteration_tokens
+            .observe((stats.prompt_tokens + stats.generation_tokens) as f64);
+        for r in &stats.requests {
+            m.prefill_time.observe(r.prefill);
+            m.decode_time.observe(r.decode);
+            m.inference_time.observe(r.inference);
+            m.request_prompt_tokens.observe(r.prompt_tokens as f64);
+            m.request_generation_tokens
+                .observe(r.generation_tokens as f64);
+            m.request_max_tokens.observe(r.max_tokens as f64);
+        }
         for v in stats.ttft {
             m.ttft.observe(v);
         }

@@ -67,6 +67,7 @@ struct Seq {
     cached_tokens: Option<usize>,
     arrival: Instant,
     first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
     last_token: Option<Instant>,
 }
 
@@ -149,7 +150,22 @@ pub struct StepStats {
     pub itl: Vec<f64>,
     pub e2e: Vec<f64>,
     pub queue: Vec<f64>,
+    pub requests: Vec<RequestStats>,
     pub finished: Vec<FinishReason>,
+}
+
+/// Phases and sizes of a finished request, as vLLM observes them (seconds, tokens).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestStats {
+    /// First admission to first token.
+    pub prefill: f64,
+    /// First token to last token.
+    pub decode: f64,
+    /// First admission to last token.
+    pub inference: f64,
+    pub prompt_tokens: usize,
+    pub generation_tokens: usize,
+    pub max_tokens: usize,
 }
 
 /// Scheduler state: the queue, the batch, the KV cache and the LoRA slots.
@@ -198,6 +214,7 @@ impl Scheduler {
             cached_tokens: None,
             arrival: seq.arrival,
             first_scheduled: None,
+            first_token: None,
             last_token: None,
         });
     }
@@ -422,6 +439,7 @@ impl Scheduler {
                     None => {
                         stats.prompt_tokens += seq.prompt_len as u64;
                         stats.ttft.push((now - seq.arrival).as_secs_f64());
+                        seq.first_token = Some(now);
                     }
                     Some(last) => stats.itl.push((now - last).as_secs_f64()),
                 }
@@ -446,6 +464,16 @@ impl Scheduler {
                 stats.e2e.push((now - seq.arrival).as_secs_f64());
                 let scheduled = seq.first_scheduled.unwrap_or(seq.arrival);
                 stats.queue.push((scheduled - seq.arrival).as_secs_f64());
+                let first = seq.first_token.unwrap_or(now);
+                let last = seq.last_token.unwrap_or(now);
+                stats.requests.push(RequestStats {
+                    prefill: (first - scheduled).as_secs_f64(),
+                    decode: (last - first).as_secs_f64(),
+                    inference: (last - scheduled).as_secs_f64(),
+                    prompt_tokens: seq.prompt_len,
+                    generation_tokens: seq.output_len(),
+                    max_tokens: seq.max_tokens,
+                });
                 finished.push(id);
             }
             outputs.push(output);
