@@ -33,14 +33,33 @@ async fn run() -> anyhow::Result<()> {
         format!("cannot listen on {addr}: is the port free? choose another with --port")
     })?;
     let addr = listener.local_addr().unwrap_or(addr);
+    // Install the signal handlers before announcing the address: a SIGTERM sent as soon as the
+    // server is reachable must drain it, not kill it.
+    let mut shutdown = Box::pin(shutdown_signal());
+    tokio::select! {
+        biased;
+        () = &mut shutdown => return Ok(()),
+        () = std::future::ready(()) => {}
+    }
     tracing::info!(
         %addr,
         version = %config.version,
         model = %config.model,
         pod = %config.pod,
+        pacing = if config.engine.cost.base.is_zero()
+            && config.engine.cost.prefill_per_token.is_zero()
+            && config.engine.cost.decode_per_seq.is_zero()
+        {
+            "token-interval"
+        } else {
+            "cost-model"
+        },
+        max_num_seqs = config.engine.max_num_seqs,
+        kv_blocks = config.engine.kv_blocks,
+        loras = ?config.engine.loras,
         "infermesh-model-server listening"
     );
-    serve(listener, config, shutdown_signal()).await;
+    serve(listener, config, shutdown).await;
     Ok(())
 }
 
