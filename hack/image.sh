@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Makes an OCI image-layout tar without Docker: `hack/image.sh NAME:TAG OUT.tar BIN...`.
+# Makes an OCI image-layout tar without Docker: `hack/image.sh [--add SRC:/DEST]... NAME:TAG OUT.tar BIN...`.
 # One gzip layer holds the binaries under /usr/local/bin, an /etc/passwd with the nonroot user
-# 65532 and a /tmp; the entrypoint is the first binary. index.json carries the
+# 65532 and a /tmp; the entrypoint is the first binary. Each --add puts the file SRC at the
+# absolute path DEST, world-readable (data an image serves, such as a model file). index.json carries the
 # io.containerd.image.name annotation (docker.io/NAME:TAG), which `ctr images import` names the
 # image by. Output is reproducible: fixed mtimes, owners and order.
 set -euo pipefail
 
-usage() { echo "usage: $0 NAME:TAG OUT.tar BIN..." >&2; exit 2; }
+usage() { echo "usage: $0 [--add SRC:/DEST]... NAME:TAG OUT.tar BIN..." >&2; exit 2; }
+adds=()
+while [[ "${1:-}" == --add ]]; do
+  (($# >= 2)) || usage
+  [[ "$2" == *:/* ]] || usage
+  [[ -f "${2%%:/*}" ]] || { echo "image.sh: ${2%%:/*} is not a file" >&2; exit 1; }
+  adds+=("$2"); shift 2
+done
 (($# >= 3)) || usage
 ref="$1"; out="$2"; shift 2
 [[ "$ref" == *:* ]] || usage
@@ -18,6 +26,8 @@ root="$work/rootfs"; lay="$work/layout"
 mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp" "$lay/blobs/sha256"
 chmod 1777 "$root/tmp"
 for b in "$@"; do install -m 0755 "$b" "$root/usr/local/bin/$(basename "$b")"; done
+# install -D makes the parent directories (0755); a symlinked SRC is copied as its target.
+for a in "${adds[@]}"; do install -D -m 0644 "${a%%:/*}" "$root/${a#*:/}"; done
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > "$root/etc/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' > "$root/etc/group"
 entry="/usr/local/bin/$(basename "$1")"

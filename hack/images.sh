@@ -4,6 +4,11 @@
 # (namespace k8s.io) when it is up. Images whose binaries do not exist yet are skipped.
 # IMAGES="examples pause" limits the set. CONTAINERD_ADDRESS (as ctr reads it) picks another
 # cluster's containerd socket, e.g. the shared one from /work/cluster.env.
+# infermesh/llama-server (llama.cpp's server and the SmolLM2-135M GGUF, from hack/llama-server.sh)
+# is not a workspace binary and takes minutes to build cold: it is made when IMAGES names it, or
+# in the default set when build/bin/llama-server already exists. A set without workspace images
+# (IMAGES="llama-server", IMAGES=pause) does not run cargo at all.
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/cluster/lib.sh"
 TARGET=x86_64-unknown-linux-musl
 OUT="${BUILD}/images"
@@ -18,22 +23,38 @@ declare -A IMAGE_BINS=(
   [pause]=""
 )
 ORDER=(operator webhook sidecar examples pause)
-want=(${IMAGES:-${ORDER[*]}})
+LLAMA_MODEL="SmolLM2-135M-Instruct.Q4_1.gguf"
+if [[ -n "${IMAGES:-}" ]]; then
+  read -r -a want <<<"${IMAGES}"
+else
+  want=("${ORDER[@]}")
+  if [[ -x "${BIN}/llama-server" ]]; then want+=(llama-server); fi
+fi
+
+# Wanted images made of workspace binaries: only these need cargo.
+cargo_want=()
+for img in "${want[@]}"; do
+  case "$img" in
+    pause|llama-server) ;;
+    *) [[ -v "IMAGE_BINS[$img]" ]] || die "unknown image '$img' (known: ${ORDER[*]} llama-server)"
+       cargo_want+=("$img") ;;
+  esac
+done
 
 # Binaries the workspace defines (a bin target of a member package) -> package.
 declare -A BIN_PKG=()
-while read -r bin pkg; do BIN_PKG[$bin]=$pkg; done < <(
-  cd "${REPO_ROOT}" && cargo metadata --no-deps --format-version 1 | python3 -c '
+if ((${#cargo_want[@]})); then
+  while read -r bin pkg; do BIN_PKG[$bin]=$pkg; done < <(
+    cd "${REPO_ROOT}" && cargo metadata --no-deps --format-version 1 | python3 -c '
 import json, sys
 for p in json.load(sys.stdin)["packages"]:
     for t in p["targets"]:
         if "bin" in t["kind"]:
             print(t["name"], p["name"])')
+fi
 
 pkgs=(); build=()
-for img in "${want[@]}"; do
-  [[ -v "IMAGE_BINS[$img]" ]] || die "unknown image '$img' (known: ${ORDER[*]})"
-  [[ "$img" == pause ]] && continue
+for img in "${cargo_want[@]}"; do
   ok=1
   for b in ${IMAGE_BINS[$img]}; do [[ -v "BIN_PKG[$b]" ]] || ok=0; done
   if ((ok)); then
@@ -62,6 +83,13 @@ if [[ " ${want[*]} " == *" pause "* ]]; then
   "${REPO_ROOT}/hack/image.sh" infermesh/pause:0.1.0 "${OUT}/pause.tar" "${OUT}/infermesh-pause" >/dev/null
   tars+=(pause)
 fi
+if [[ " ${want[*]} " == *" llama-server "* ]]; then
+  # Idempotent: links the cached build and model in a second; builds them only on a cold cache.
+  "${REPO_ROOT}/hack/llama-server.sh" >/dev/null
+  "${REPO_ROOT}/hack/image.sh" --add "${BUILD}/models/${LLAMA_MODEL}:/models/${LLAMA_MODEL}" \
+    infermesh/llama-server:0.1.0 "${OUT}/llama-server.tar" "${BIN}/llama-server" >/dev/null
+  tars+=(llama-server)
+fi
 
 sock="${CONTAINERD_ADDRESS:-${CONTAINERD_SOCK}}"
 up=0
@@ -71,8 +99,8 @@ for img in "${tars[@]}"; do
   if ((up)); then
     ctr -n k8s.io -a "$sock" images import "${OUT}/${img}.tar" >/dev/null \
       || die "importing ${OUT}/${img}.tar failed: see ${LOGS}/containerd.log"
-    printf 'infermesh/%-10s 0.1.0  %6s  %s  (imported)\n' "$img" "$size" "${OUT}/${img}.tar"
+    printf 'infermesh/%-12s 0.1.0  %6s  %s  (imported)\n' "$img" "$size" "${OUT}/${img}.tar"
   else
-    printf 'infermesh/%-10s 0.1.0  %6s  %s  (cluster down: not imported)\n' "$img" "$size" "${OUT}/${img}.tar"
+    printf 'infermesh/%-12s 0.1.0  %6s  %s  (cluster down: not imported)\n' "$img" "$size" "${OUT}/${img}.tar"
   fi
 done
