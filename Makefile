@@ -7,11 +7,12 @@ SHELL := /usr/bin/env bash
 KUBECONFIG_PATH := $(CURDIR)/build/cluster/kubeconfig
 export PATH := $(CURDIR)/build/bin:/usr/local/go/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help deps demo test unit lint e2e cluster-up cluster-down cluster-status kubeconfig \
+.PHONY: help deps demo demo-llm llama-server test unit lint e2e cluster-up cluster-down cluster-status kubeconfig \
 	manifests bench bench-hardening images verify-down kind-e2e
 
 help:
 	@echo "make demo          local cluster, infermesh installed, a 90/10 canary split measured, then 50/50"
+	@echo "make demo-llm      the same with a real LLM (llama.cpp llama-server, SmolLM2-135M) and an OpenAI client"
 	@echo "make test          everything CI runs: lint, unit tests, cluster, images, e2e, teardown check"
 	@echo "make e2e           e2e tests against the cluster in KUBECONFIG (default: the local one)"
 	@echo "make kind-e2e      the e2e suite on a kind cluster (skipped without kind and Docker)"
@@ -19,6 +20,7 @@ help:
 	@echo "make cluster-down  stop it and remove everything it made"
 	@echo "make kubeconfig    print the kubeconfig path: export KUBECONFIG=\$$(make -s kubeconfig)"
 	@echo "make images        build the project's images and import them into the local cluster"
+	@echo "make llama-server  build llama-server and fetch SmolLM2 (cached in ~/.cache/infermesh)"
 	@echo "make manifests     regenerate deploy/crds from the Rust types"
 	@echo "make bench         run the benchmarks (hack/bench.sh)"
 	@echo "make bench-hardening  memory and CPU under hostile clients (bench/hardening.py)"
@@ -61,7 +63,7 @@ verify-down:
 # checked to have left nothing behind.
 test: deps lint unit
 	@rc=0; \
-	{ hack/cluster/up && hack/images.sh && KUBECONFIG=$(KUBECONFIG_PATH) $(MAKE) --no-print-directory e2e; } || rc=$$?; \
+	{ hack/llama-server.sh && hack/cluster/up && hack/images.sh && KUBECONFIG=$(KUBECONFIG_PATH) $(MAKE) --no-print-directory e2e; } || rc=$$?; \
 	hack/cluster/down || rc=1; \
 	hack/cluster/verify-down || rc=1; \
 	if [[ $$rc -ne 0 ]]; then echo "make test: FAILED"; exit $$rc; fi; \
@@ -69,6 +71,12 @@ test: deps lint unit
 
 demo: deps
 	@hack/demo.sh
+
+demo-llm: deps
+	@hack/demo-llm.sh
+
+llama-server:
+	@hack/llama-server.sh
 
 # The same e2e suite on kind where kind and Docker work; otherwise a skip message and exit 0.
 kind-e2e:

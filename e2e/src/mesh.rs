@@ -292,6 +292,75 @@ pub fn requests_total(metrics: &str, service: &str, variant: &str) -> u64 {
         .sum()
 }
 
+/// A namespace `deploy-e2e-<what>-<pid>`, deleted (and waited for) on drop.
+pub struct Namespace(pub String);
+
+impl Namespace {
+    pub fn create(what: &str, inject: bool) -> Result<Self, String> {
+        let name = format!("deploy-e2e-{what}-{}", std::process::id());
+        let _ = kubectl(
+            &["delete", "namespace", &name, "--wait=true", "--timeout=90s"],
+            None,
+        );
+        let annotation = if inject {
+            "  annotations:\n    infermesh.io/inject: enabled\n"
+        } else {
+            ""
+        };
+        run_stdin(
+            &["apply", "-f", "-"],
+            &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n{annotation}"),
+        )?;
+        Ok(Self(name))
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &[
+                "delete",
+                "namespace",
+                &self.0,
+                "--wait=true",
+                "--timeout=120s",
+            ],
+            None,
+        );
+    }
+}
+
+/// Starts pod `name` (label `app=<name>`) in `ns` from the examples image, with the client
+/// binary to exec and a model server keeping it alive, and waits until it is Ready.
+pub fn client_pod(ns: &str, name: &str) -> Result<(), String> {
+    run(&[
+        "-n",
+        ns,
+        "run",
+        name,
+        "--image=infermesh/examples:0.1.0",
+        "--image-pull-policy=IfNotPresent",
+        "--restart=Never",
+        &format!("--labels=app={name}"),
+        "--command",
+        "--",
+        "/usr/local/bin/infermesh-model-server",
+        "--port",
+        "9090",
+        "--version",
+        name,
+    ])?;
+    run(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{name}"),
+        "--timeout=120s",
+    ])?;
+    Ok(())
+}
+
 /// The event lines of `infermesh-client stream` output: (ms since the request, text).
 pub fn stream_events(out: &str) -> Vec<(u64, String)> {
     out.lines()

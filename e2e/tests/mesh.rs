@@ -8,51 +8,13 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use infermesh_e2e::mesh::{
-    self, Install, client_exec, client_spawn, into_namespace, load_summary, render, requests_total,
-    run, run_stdin, stream_events, to_yaml,
+    self, Install, Namespace, client_exec, client_pod, client_spawn, into_namespace, load_summary,
+    render, requests_total, run, run_stdin, stream_events, to_yaml,
 };
 use infermesh_e2e::operator::{kubeconfig_or_skip, kubectl, repo_root, wait_for};
 use serde_json::Value;
 
 const SIDECAR: &str = "infermesh-sidecar";
-
-/// A namespace `deploy-e2e-<what>-<pid>`, deleted (and waited for) on drop.
-struct Namespace(String);
-
-impl Namespace {
-    fn create(what: &str, inject: bool) -> Result<Self, String> {
-        let name = format!("deploy-e2e-{what}-{}", std::process::id());
-        let _ = kubectl(
-            &["delete", "namespace", &name, "--wait=true", "--timeout=90s"],
-            None,
-        );
-        let annotation = if inject {
-            "  annotations:\n    infermesh.io/inject: enabled\n"
-        } else {
-            ""
-        };
-        run_stdin(
-            &["apply", "-f", "-"],
-            &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n{annotation}"),
-        )?;
-        Ok(Self(name))
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &[
-                "delete",
-                "namespace",
-                &self.0,
-                "--wait=true",
-                "--timeout=120s",
-            ],
-            None,
-        );
-    }
-}
 
 #[test]
 fn every_deploy_manifest_passes_a_server_side_dry_run() -> Result<(), String> {
@@ -255,37 +217,6 @@ fn toolbox_metrics(ns: &str) -> Result<String, String> {
     );
     ok.then_some(out)
         .ok_or("reading the toolbox sidecar's /metrics failed".to_string())
-}
-
-/// Starts pod `name` (label `app=<name>`) in `ns` from the examples image, with the client
-/// binary to exec and a model server keeping it alive, and waits until it is Ready.
-fn client_pod(ns: &str, name: &str) -> Result<(), String> {
-    run(&[
-        "-n",
-        ns,
-        "run",
-        name,
-        "--image=infermesh/examples:0.1.0",
-        "--image-pull-policy=IfNotPresent",
-        "--restart=Never",
-        &format!("--labels=app={name}"),
-        "--command",
-        "--",
-        "/usr/local/bin/infermesh-model-server",
-        "--port",
-        "9090",
-        "--version",
-        name,
-    ])?;
-    run(&[
-        "-n",
-        ns,
-        "wait",
-        "--for=condition=Ready",
-        &format!("pod/{name}"),
-        "--timeout=120s",
-    ])?;
-    Ok(())
 }
 
 /// `reason`'s count in `infermesh_routed_markers_refused_total` of the sidecar of model pod `pod`.
