@@ -55,23 +55,23 @@ trap 'kill "${FORWARDS[@]}" 2>/dev/null || true' EXIT
 
 step "a real OpenAI client streams a chat completion through the mesh (Service smollm)"
 # The Service's port 80 is the sidecars' inbound port: the request goes through a pod's sidecar,
-# which routes it by the ModelService's weights.
+# which finds the ModelService by the Host header and routes it by the ModelService's weights.
 forward svc/smollm 18080:80
-run "${PY}" "${REPO_ROOT}/examples/llm/chat.py" http://127.0.0.1:18080/v1 \
+run "${PY}" "${REPO_ROOT}/examples/llm/chat.py" http://127.0.0.1:18080/v1 --host smollm \
   | sed 's/^/    /' || fail "the streamed chat completion through the mesh failed"
 
 step "tokens/s straight to the model's port and through the mesh (3 answers each, 48 tokens)"
 pod="$(k -n "${NS}" get pods -l app=smollm,version=v1 -o jsonpath='{.items[0].metadata.name}')"
 forward "pod/${pod}" 18081:8080
-rates() { # URL -> "ttft tokens/s" per answer
+rates() { # URL [ARGS] -> "ttft tokens/s" per answer
   for _ in 1 2 3; do
-    "${PY}" "${REPO_ROOT}/examples/llm/chat.py" "$1" --quiet \
+    "${PY}" "${REPO_ROOT}/examples/llm/chat.py" "$@" --quiet \
       | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(d["ttft_s"], d["tokens_per_s"])'
   done
 }
-printf '    %-34s %10s %12s\n' path "TTFT (s)" "tokens/s"
-while read -r t r; do printf '    %-34s %10s %12s\n' "direct (pod ${pod}:8080)" "$t" "$r"; done < <(rates http://127.0.0.1:18081/v1)
-while read -r t r; do printf '    %-34s %10s %12s\n' "through the mesh (svc/smollm)" "$t" "$r"; done < <(rates http://127.0.0.1:18080/v1)
+printf '    %-48s %10s %12s\n' path "TTFT (s)" "tokens/s"
+while read -r t r; do printf '    %-48s %10s %12s\n' "direct (pod ${pod}:8080)" "$t" "$r"; done < <(rates http://127.0.0.1:18081/v1)
+while read -r t r; do printf '    %-48s %10s %12s\n' "through the mesh (svc/smollm)" "$t" "$r"; done < <(rates http://127.0.0.1:18080/v1 --host smollm)
 
 step "${REQUESTS} requests from a pod with a sidecar: the split, from that sidecar's metrics"
 k -n "${NS}" delete pod llm-client --ignore-not-found --wait=true >/dev/null
@@ -111,7 +111,7 @@ cat <<EOF
     export KUBECONFIG=${KUBECONFIG} PATH=$(dirname "${KUBECTL}"):\$PATH
     kubectl -n ${NS} get msvc -o wide
     kubectl -n ${NS} port-forward svc/smollm 18080:80 &
-    ${PY} examples/llm/chat.py http://127.0.0.1:18080/v1 "Why is the sky blue?"
+    ${PY} examples/llm/chat.py http://127.0.0.1:18080/v1 --host smollm "Why is the sky blue?"
     kubectl -n ${NS} port-forward pod/${pod} 18081:8080 &   # the model's own port: /metrics (llamacpp:*)
   Tear down:
     kubectl delete namespace ${NS}

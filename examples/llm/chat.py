@@ -2,8 +2,10 @@
 """Streams one chat completion from an OpenAI-compatible endpoint with the `openai` package, as
 any OpenAI client would, printing each token as it arrives, then the usage and the rates.
 
-usage: chat.py BASE_URL [PROMPT] [--max-tokens N] [--quiet]
+usage: chat.py BASE_URL [PROMPT] [--max-tokens N] [--host NAME] [--quiet]
   BASE_URL  e.g. http://127.0.0.1:18080/v1 (a port-forward to the ModelService's Service)
+  --host    the Host header: the ModelService's name when BASE_URL is a port-forward to a
+            sidecar, which finds the ModelService by it
 Prints a last line of JSON: {"ttft_s", "tokens", "tokens_per_s", "usage"}.
 """
 import argparse
@@ -19,9 +21,16 @@ def main() -> int:
     p.add_argument("base_url")
     p.add_argument("prompt", nargs="?", default="Name three colours of the rainbow.")
     p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--host", help="Host header (the ModelService's name through a port-forward)")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     a = p.parse_args()
-    client = OpenAI(base_url=a.base_url, api_key="none", timeout=120, max_retries=0)
+    client = OpenAI(
+        base_url=a.base_url,
+        api_key="none",
+        timeout=120,
+        max_retries=0,
+        default_headers={"Host": a.host} if a.host else None,
+    )
     start = time.monotonic()
     first = None
     pieces = 0
