@@ -8,7 +8,7 @@ KUBECONFIG_PATH := $(CURDIR)/build/cluster/kubeconfig
 export PATH := $(CURDIR)/build/bin:/usr/local/go/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: help deps demo demo-llm llama-server test unit lint e2e cluster-up cluster-down cluster-status kubeconfig \
-	manifests bench bench-hardening images verify-down kind-e2e
+	manifests bench bench-hardening bench-pools images verify-down kind-e2e
 
 help:
 	@echo "make demo          local cluster, infermesh installed, a 90/10 canary split measured, then 50/50"
@@ -24,6 +24,7 @@ help:
 	@echo "make manifests     regenerate deploy/crds from the Rust types"
 	@echo "make bench         run the benchmarks (hack/bench.sh)"
 	@echo "make bench-hardening  memory and CPU under hostile clients (bench/hardening.py)"
+	@echo "make bench-pools   a pool of simulators (fast, slow, small KV) and llama-servers: TTFT cold and cached"
 
 deps:
 	@hack/install-deps.sh
@@ -98,3 +99,9 @@ bench:
 bench-hardening:
 	cargo build --release --locked --target x86_64-unknown-linux-musl -p infermesh-sidecar
 	python3 bench/hardening.py
+
+# The model pools the balancing benchmarks build on (bench/pools.py), started and probed once.
+bench-pools: deps
+	cargo build --release --locked -p infermesh-model-server
+	hack/llama-server.sh
+	python3 bench/pools.py --sim fast --sim slow:--step-base-us=40000 --sim small-kv:--kv-blocks=300 --llama 2
