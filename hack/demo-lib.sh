@@ -51,3 +51,12 @@ demo_setup() {
   done
   k delete namespace infermesh-admission-probe --wait=false >/dev/null
 }
+
+# wait_injection_label NS: the webhook mirrors the namespace annotation onto the label its
+# configuration selects on; pods created before that would start without a sidecar.
+wait_injection_label() {
+  for _ in $(seq 30); do
+    [[ "$(k get ns "$1" -o jsonpath='{.metadata.labels.infermesh\.io/inject}')" == enabled ]] && return 0
+    sleep 1
+  done
+}

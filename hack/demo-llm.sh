@@ -24,10 +24,7 @@ demo_setup
 
 step "the real model: namespace ${NS} (injection on), smollm-v1 and smollm-v2, ModelService smollm 80/20"
 run k apply --server-side --force-conflicts -k "${REPO_ROOT}/examples/llm" | sed 's/^/    /'
-for _ in $(seq 30); do
-  [[ "$(k get ns "${NS}" -o jsonpath='{.metadata.labels.infermesh\.io/inject}')" == enabled ]] && break
-  sleep 1
-done
+wait_injection_label "${NS}"
 run k -n "${NS}" rollout status deployment/smollm-v1 --timeout=300s
 run k -n "${NS}" rollout status deployment/smollm-v2 --timeout=300s
 run k -n "${NS}" wait --for=condition=Ready msvc/smollm --timeout=180s >/dev/null

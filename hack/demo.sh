@@ -28,12 +28,7 @@ fi
 step "the example model: namespace ${NS} (injection on), llm-v1 x2, llm-v2 x1, ModelService llm 90/10"
 # Server-side apply with force: a second run puts back the 90/10 of the file after the patch below.
 run k apply --server-side --force-conflicts -k "${EX}" | sed 's/^/    /'
-# The webhook mirrors the namespace annotation onto the label its configuration selects on; pods
-# created before that would start without a sidecar.
-for _ in $(seq 30); do
-  [[ "$(k get ns "${NS}" -o jsonpath='{.metadata.labels.infermesh\.io/inject}')" == enabled ]] && break
-  sleep 1
-done
+wait_injection_label "${NS}"
 # Pods from a run without the sidecar (e.g. webhook not up yet) are replaced.
 if k -n "${NS}" get pods -l app=llm -o jsonpath='{range .items[*]}{.metadata.name} {.spec.initContainers[*].name}{"\n"}{end}' \
   | grep -v infermesh-sidecar | grep -q .; then

@@ -361,6 +361,22 @@ pub fn client_pod(ns: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The /metrics of the sidecar of pod `pod` in `ns`, read from inside its container `container`
+/// (the sidecar's admin port is on the pod's loopback).
+pub fn sidecar_metrics(ns: &str, pod: &str, container: &str) -> Result<String, String> {
+    let (ok, out) = client_exec(
+        ns,
+        pod,
+        container,
+        &["get", "http://127.0.0.1:15020/metrics"],
+    );
+    if ok {
+        Ok(out)
+    } else {
+        Err(format!("reading {pod}'s sidecar /metrics failed: {out}"))
+    }
+}
+
 /// The event lines of `infermesh-client stream` output: (ms since the request, text).
 pub fn stream_events(out: &str) -> Vec<(u64, String)> {
     out.lines()

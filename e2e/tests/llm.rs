@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use infermesh_e2e::mesh::{
     Install, Namespace, client_exec, client_pod, into_namespace, render, requests_total, run,
-    run_stdin, stream_events, to_yaml,
+    run_stdin, sidecar_metrics, stream_events, to_yaml,
 };
 use infermesh_e2e::operator::{kubeconfig_or_skip, kubectl, repo_root};
 use serde_json::Value;
@@ -33,17 +33,6 @@ fn node_has_image() -> bool {
                     .any(|name| name == IMAGE)
             })
     })
-}
-
-fn sidecar_metrics(ns: &str) -> Result<String, String> {
-    let (ok, out) = client_exec(
-        ns,
-        "toolbox",
-        "toolbox",
-        &["get", "http://127.0.0.1:15020/metrics"],
-    );
-    ok.then_some(out)
-        .ok_or("reading the toolbox sidecar's /metrics failed".to_string())
 }
 
 fn served(metrics: &str) -> u64 {
@@ -89,7 +78,7 @@ fn a_real_model_streams_a_chat_completion_through_the_mesh_token_by_token() -> R
     ])?;
     println!("[{:>4}s] examples/llm Ready", started.elapsed().as_secs());
 
-    let before = sidecar_metrics(n)?;
+    let before = sidecar_metrics(n, "toolbox", "toolbox")?;
     let body = serde_json::json!({
         "model": "smollm2",
         "messages": [
@@ -161,7 +150,7 @@ fn a_real_model_streams_a_chat_completion_through_the_mesh_token_by_token() -> R
         "{out}"
     );
 
-    let after = sidecar_metrics(n)?;
+    let after = sidecar_metrics(n, "toolbox", "toolbox")?;
     assert_eq!(
         served(&after) - served(&before),
         1,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use infermesh_e2e::mesh::{
     self, Install, Namespace, client_exec, client_pod, client_spawn, into_namespace, load_summary,
-    render, requests_total, run, run_stdin, stream_events, to_yaml,
+    render, requests_total, run, run_stdin, sidecar_metrics, stream_events, to_yaml,
 };
 use infermesh_e2e::operator::{kubeconfig_or_skip, kubectl, repo_root, wait_for};
 use serde_json::Value;
@@ -209,22 +209,12 @@ fn assert_split(s: &Value, stable: f64, what: &str) {
 }
 
 fn toolbox_metrics(ns: &str) -> Result<String, String> {
-    let (ok, out) = client_exec(
-        ns,
-        "toolbox",
-        "toolbox",
-        &["get", "http://127.0.0.1:15020/metrics"],
-    );
-    ok.then_some(out)
-        .ok_or("reading the toolbox sidecar's /metrics failed".to_string())
+    sidecar_metrics(ns, "toolbox", "toolbox")
 }
 
 /// `reason`'s count in `infermesh_routed_markers_refused_total` of the sidecar of model pod `pod`.
 fn markers_refused(ns: &str, pod: &str, reason: &str) -> Result<u64, String> {
-    let (ok, out) = client_exec(ns, pod, "model", &["get", "http://127.0.0.1:15020/metrics"]);
-    if !ok {
-        return Err(format!("reading {pod}'s sidecar /metrics failed: {out}"));
-    }
+    let out = sidecar_metrics(ns, pod, "model")?;
     let line = format!("infermesh_routed_markers_refused_total{{reason=\"{reason}\"}} ");
     Ok(out
         .lines()
