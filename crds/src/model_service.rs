@@ -143,6 +143,29 @@ pub struct ModelServiceSpec {
     /// rotation for a while. Default: after 7 failures, for 1s doubling up to 60s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+
+    /// The model server: vLLM, SGLang, LlamaCpp (llama-server, run with --metrics), TensorRTLLM,
+    /// Auto (told from its metrics' names) or Generic (no metrics). The sidecar next to each
+    /// model reads the engine's load (queue, KV-cache usage, prefix-cache hits) from its
+    /// /metrics and reports it to the sidecars that route to it. Setting it makes
+    /// loadBalancing.policy default to InferenceAware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+}
+
+/// The model server behind a ModelService.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Engine {
+    #[serde(rename = "vLLM")]
+    Vllm,
+    #[serde(rename = "SGLang")]
+    Sglang,
+    #[serde(rename = "LlamaCpp")]
+    LlamaCpp,
+    #[serde(rename = "TensorRTLLM")]
+    TrtLlm,
+    Auto,
+    Generic,
 }
 
 /// Application protocol of the model container.
@@ -373,12 +396,17 @@ pub struct Timeouts {
 
 /// Endpoint choice inside a variant.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("self.policy != 'ConsistentHash' || has(self.hashOn)")
-    .message("hashOn (the header to hash) is required when policy is ConsistentHash"))]
+#[x_kube(
+    validation = Rule::new("self.policy != 'ConsistentHash' || has(self.hashOn)")
+        .message("hashOn (the header to hash) is required when policy is ConsistentHash"),
+    validation = Rule::new("!has(self.inference) || self.policy == 'InferenceAware'")
+        .message("inference (scoring weights) applies to policy InferenceAware only; set policy: InferenceAware or remove inference"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancing {
     /// LeastRequest (power of two choices over in-flight requests, default), PeakEwma (latency
-    /// weighted), RoundRobin, or ConsistentHash (on the `hashOn` header).
+    /// weighted), RoundRobin, ConsistentHash (on the `hashOn` header), or InferenceAware (load
+    /// reports, KV-cache usage and prompt-prefix affinity; the default when spec.engine is set).
     #[serde(default)]
     pub policy: LoadBalancingPolicy,
     /// Header hashed by ConsistentHash, e.g. x-session-id (keeps a session on one endpoint and its
@@ -389,6 +417,41 @@ pub struct LoadBalancing {
         regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
     )]
     pub hash_on: Option<String>,
+    /// Weights and thresholds of InferenceAware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<InferenceScoring>,
+}
+
+/// How InferenceAware scores endpoints: saturated ones (more than maxQueue requests waiting at
+/// the engine, or KV cache above maxKvCachePercent) are passed over while others remain, then
+/// the weighted sum of three scores picks. Defaults as the llm-d router: queue 2, KV cache 2,
+/// prefix 3, saturated at 5 waiting or 80 %.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("(has(self.queueWeight) ? self.queueWeight : 2) + (has(self.kvCacheWeight) ? self.kvCacheWeight : 2) + (has(self.prefixWeight) ? self.prefixWeight : 3) > 0")
+    .message("inference: at least one of queueWeight, kvCacheWeight, prefixWeight must be above 0"))]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceScoring {
+    /// Weight of the queue score (fewer requests at the endpoint is better), 0-100. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub queue_weight: Option<i32>,
+    /// Weight of the KV-cache score (more free KV cache is better), 0-100. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub kv_cache_weight: Option<i32>,
+    /// Weight of prefix affinity (the endpoint likely holds more of the prompt's prefix in its
+    /// cache), 0-100. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub prefix_weight: Option<i32>,
+    /// Requests waiting at an endpoint's engine beyond which it is saturated, 0-100000. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_queue: Option<i32>,
+    /// KV-cache usage in percent beyond which an endpoint is saturated, 1-100. Default 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_kv_cache_percent: Option<i32>,
 }
 
 /// Load-balancing policy.
@@ -405,6 +468,8 @@ pub enum LoadBalancingPolicy {
     RoundRobin,
     /// Hash of the `hashOn` header picks the endpoint.
     ConsistentHash,
+    /// Load reports from the engines, KV-cache usage and prompt-prefix affinity.
+    InferenceAware,
 }
 
 /// Concurrency limit per endpoint: excess requests wait in a bounded queue, then are shed with

@@ -17,6 +17,40 @@ use kube::ResourceExt;
 
 use crate::endpoints::ResolvedVariant;
 
+/// The balancing a ModelService asks for; with an engine and no policy of its own,
+/// InferenceAware.
+fn load_balancing(spec: &ModelServiceSpec) -> LoadBalancingConfig {
+    let Some(lb) = &spec.load_balancing else {
+        return LoadBalancingConfig {
+            policy: if spec.engine.is_some() {
+                mesh::LoadBalancingPolicy::InferenceAware
+            } else {
+                mesh::LoadBalancingPolicy::LeastRequest
+            },
+            ..Default::default()
+        };
+    };
+    let default = mesh::InferenceScoring::default();
+    let weight = |v: Option<i32>, d: u32| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(d);
+    LoadBalancingConfig {
+        policy: match lb.policy {
+            api::LoadBalancingPolicy::LeastRequest => mesh::LoadBalancingPolicy::LeastRequest,
+            api::LoadBalancingPolicy::PeakEwma => mesh::LoadBalancingPolicy::PeakEwma,
+            api::LoadBalancingPolicy::RoundRobin => mesh::LoadBalancingPolicy::RoundRobin,
+            api::LoadBalancingPolicy::ConsistentHash => mesh::LoadBalancingPolicy::ConsistentHash,
+            api::LoadBalancingPolicy::InferenceAware => mesh::LoadBalancingPolicy::InferenceAware,
+        },
+        hash_on: lb.hash_on.clone(),
+        inference: lb.inference.as_ref().map(|i| mesh::InferenceScoring {
+            queue_weight: weight(i.queue_weight, default.queue_weight),
+            kv_cache_weight: weight(i.kv_cache_weight, default.kv_cache_weight),
+            prefix_weight: weight(i.prefix_weight, default.prefix_weight),
+            max_queue: weight(i.max_queue, default.max_queue),
+            max_kv_cache_percent: weight(i.max_kv_cache_percent, default.max_kv_cache_percent),
+        }),
+    }
+}
+
 /// The data-plane view of one ModelService. `resolved` comes from [`crate::endpoints::resolve`].
 pub fn service_config(ms: &ModelService, resolved: &[ResolvedVariant]) -> ServiceConfig {
     let spec = &ms.spec;
@@ -45,23 +79,7 @@ pub fn service_config(ms: &ModelService, resolved: &[ResolvedVariant]) -> Servic
                 first_byte_ms: millis(t.first_byte.as_ref()),
             })
             .unwrap_or_default(),
-        load_balancing: spec
-            .load_balancing
-            .as_ref()
-            .map(|lb| LoadBalancingConfig {
-                policy: match lb.policy {
-                    api::LoadBalancingPolicy::LeastRequest => {
-                        mesh::LoadBalancingPolicy::LeastRequest
-                    }
-                    api::LoadBalancingPolicy::PeakEwma => mesh::LoadBalancingPolicy::PeakEwma,
-                    api::LoadBalancingPolicy::RoundRobin => mesh::LoadBalancingPolicy::RoundRobin,
-                    api::LoadBalancingPolicy::ConsistentHash => {
-                        mesh::LoadBalancingPolicy::ConsistentHash
-                    }
-                },
-                hash_on: lb.hash_on.clone(),
-            })
-            .unwrap_or_default(),
+        load_balancing: load_balancing(spec),
         concurrency: spec
             .concurrency
             .as_ref()
@@ -82,6 +100,14 @@ pub fn service_config(ms: &ModelService, resolved: &[ResolvedVariant]) -> Servic
                 max_ejection_ms: millis(o.max_ejection_time.as_ref()),
             })
             .unwrap_or_default(),
+        engine: spec.engine.map(|e| match e {
+            api::Engine::Vllm => mesh::Engine::Vllm,
+            api::Engine::Sglang => mesh::Engine::Sglang,
+            api::Engine::LlamaCpp => mesh::Engine::LlamaCpp,
+            api::Engine::TrtLlm => mesh::Engine::TrtLlm,
+            api::Engine::Auto => mesh::Engine::Auto,
+            api::Engine::Generic => mesh::Engine::Generic,
+        }),
     }
 }
 

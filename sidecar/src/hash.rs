@@ -37,7 +37,7 @@ impl Hasher for Fnv {
 pub(crate) type ConfigMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 /// splitmix64 finaliser: spreads FNV's weak low bits.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

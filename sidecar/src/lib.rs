@@ -14,6 +14,8 @@ mod detach;
 mod hash;
 mod metrics;
 mod named_watch;
+// Load signals: the engines' metrics, the reports sidecars send each other:
+mod load;
 // Connections and bodies to an upstream address:
 mod upstream;
 // Endpoint state, limits, budget and backoff:
@@ -24,6 +26,8 @@ mod routing;
 mod config;
 // Proof between sidecars that a peer routed a request:
 mod trust;
+// This pod's models and the load they report:
+mod serving;
 // The request path:
 mod request;
 // Listeners and the admin port:
@@ -46,6 +50,8 @@ use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
 pub use crate::options::Options;
 use crate::request::headers::Forwarding;
 use crate::request::{ConnInfo, Direction, Proxy};
+use crate::routing::affinity::PrefixIndex;
+use crate::serving::LocalModels;
 use crate::server::admin::Admin;
 use crate::server::listener;
 use crate::trust::Trust;
@@ -107,7 +113,9 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         default_rtt: opts.ewma_default_rtt,
         decay: opts.ewma_decay,
     };
-    let store = Arc::new(ConfigStore::new(metrics, opts.pod_ip, ewma).with_model_host(opts.model_host));
+    let store = Arc::new(
+        ConfigStore::new(metrics, opts.pod_ip, ewma).with_model_host(opts.model_host),
+    );
     let (shutdown, rx) = watch::channel(false);
     let (admin_stop, admin_rx) = watch::channel(false);
     let mut background = JoinSet::new();
@@ -128,6 +136,12 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         background.spawn(trust::source::watch_secret(ns, trust.clone(), rx.clone()));
     }
 
+    let local = Arc::new(LocalModels::default());
+    background.spawn(serving::scrape::run(
+        store.clone(),
+        local.clone(),
+        rx.clone(),
+    ));
     let proxy = Arc::new(Proxy {
         store: store.clone(),
         trust,
@@ -138,6 +152,8 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         ),
         ejection: EjectionPolicy::new(opts.eject_after, opts.eject_base, opts.eject_max),
         ewma,
+        prefixes: PrefixIndex::new(opts.prefix_index_blocks),
+        local: local.clone(),
     });
     let mut proxies = JoinSet::new();
     for (listener, name, direction) in [
@@ -163,6 +179,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
     }
     let admin_state = Arc::new(Admin {
         store: store.clone(),
+        local,
         listeners_up: Default::default(),
         draining: Default::default(),
     });

@@ -34,6 +34,12 @@ pub(crate) struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ServiceReasonLabels {
+    pub(crate) service: String,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RevisionLabels {
     pub(crate) revision: String,
 }
@@ -57,6 +63,7 @@ pub(crate) struct Metrics {
     replay_pool_full: Family<ServiceLabels, Counter>,
     revision: Family<RevisionLabels, Gauge>,
     markers_refused: Family<ReasonLabels, Counter>,
+    engine_metrics_errors: Family<ServiceReasonLabels, Counter>,
     pub(crate) config_reloads: Counter,
     pub(crate) config_rejections: Counter,
     pub(crate) config_services_refused: Gauge,
@@ -110,6 +117,13 @@ impl Metrics {
         let replay_pool_full = Family::<ServiceLabels, Counter>::default();
         let revision = Family::<RevisionLabels, Gauge>::default();
         let markers_refused = Family::<ReasonLabels, Counter>::default();
+        let engine_metrics_errors = Family::<ServiceReasonLabels, Counter>::default();
+        registry.register(
+            "engine_metrics_errors",
+            "Reads of the local model's metrics that failed (reason: unreachable, status, \
+             malformed, no-load, unknown-engine); the load is then the sidecar's own counts",
+            engine_metrics_errors.clone(),
+        );
         let config_reloads = Counter::default();
         let config_rejections = Counter::default();
         let config_services_refused = Gauge::default();
@@ -195,10 +209,21 @@ impl Metrics {
             replay_pool_full,
             revision,
             markers_refused,
+            engine_metrics_errors,
             config_reloads,
             config_rejections,
             config_services_refused,
         }
+    }
+
+    /// A read of the local model's metrics for `service` failed.
+    pub(crate) fn engine_metrics_error(&self, service: &str, reason: &'static str) {
+        self.engine_metrics_errors
+            .get_or_create(&ServiceReasonLabels {
+                service: service.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// A peer's routed marker was not honoured (`reason`: see `routed_markers_refused`).

@@ -129,6 +129,10 @@ pub struct Options {
     /// list). Larger ones get 431 (HTTP/1.1) or a refused stream (HTTP/2).
     #[arg(long, default_value_t = 64 << 10, value_parser = header_cap)]
     pub max_header_bytes: usize,
+    /// Prompt blocks (256 bytes each) the prefix index of InferenceAware remembers, over all
+    /// services; about 80 bytes each.
+    #[arg(long, default_value_t = crate::routing::affinity::DEFAULT_BLOCKS)]
+    pub prefix_index_blocks: usize,
     /// Worker threads (0: one per CPU; 1: a single-threaded runtime).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,

@@ -115,6 +115,37 @@ pub struct ServiceConfig {
     /// Unset fields take the sidecar's defaults (its `--eject-*` flags).
     #[serde(default, skip_serializing_if = "OutlierDetectionConfig::is_unset")]
     pub outlier_detection: OutlierDetectionConfig,
+    /// The model server's engine: the sidecar next to the model reads its load from the engine's
+    /// metrics. Unset: no metrics are read, the sidecars' own counts are the load signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+}
+
+/// A model server whose `/metrics` the sidecar knows how to read for load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Engine {
+    #[serde(rename = "vLLM")]
+    Vllm,
+    #[serde(rename = "SGLang")]
+    Sglang,
+    #[serde(rename = "LlamaCpp")]
+    LlamaCpp,
+    #[serde(rename = "TensorRTLLM")]
+    TrtLlm,
+    /// Whichever of the above the metrics' names show.
+    Auto,
+    /// No metrics: the sidecar's own counts of requests and prompt bytes in flight.
+    Generic,
+}
+
+impl Engine {
+    /// Where the engine serves its metrics, on the model's own port.
+    pub fn metrics_path(self) -> &'static str {
+        match self {
+            Engine::TrtLlm => "/prometheus/metrics",
+            _ => "/metrics",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,6 +290,8 @@ pub enum LoadBalancingPolicy {
     PeakEwma,
     RoundRobin,
     ConsistentHash,
+    /// Load reports, KV-cache usage and prompt-prefix affinity (see [`InferenceScoring`]).
+    InferenceAware,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +302,59 @@ pub struct LoadBalancingConfig {
     /// Header hashed by `ConsistentHash`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<String>,
+    /// Weights and thresholds of `InferenceAware`; unset: [`InferenceScoring::default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<InferenceScoring>,
+}
+
+/// How `InferenceAware` scores an endpoint: endpoints over a threshold (saturated) are left out
+/// unless all are, then a weighted sum of scores in 0..=1 picks. The defaults are the llm-d
+/// router's (queue 2, KV cache 2, prefix 3; saturated at 5 waiting or 80 % KV).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InferenceScoring {
+    #[serde(default = "InferenceScoring::default_queue_weight")]
+    pub queue_weight: u32,
+    #[serde(default = "InferenceScoring::default_kv_cache_weight")]
+    pub kv_cache_weight: u32,
+    #[serde(default = "InferenceScoring::default_prefix_weight")]
+    pub prefix_weight: u32,
+    /// Requests waiting at an endpoint's engine beyond which it is saturated.
+    #[serde(default = "InferenceScoring::default_max_queue")]
+    pub max_queue: u32,
+    /// KV-cache usage (percent) beyond which an endpoint is saturated.
+    #[serde(default = "InferenceScoring::default_max_kv_cache_percent")]
+    pub max_kv_cache_percent: u32,
+}
+
+impl InferenceScoring {
+    fn default_queue_weight() -> u32 {
+        2
+    }
+    fn default_kv_cache_weight() -> u32 {
+        2
+    }
+    fn default_prefix_weight() -> u32 {
+        3
+    }
+    fn default_max_queue() -> u32 {
+        5
+    }
+    fn default_max_kv_cache_percent() -> u32 {
+        80
+    }
+}
+
+impl Default for InferenceScoring {
+    fn default() -> Self {
+        Self {
+            queue_weight: Self::default_queue_weight(),
+            kv_cache_weight: Self::default_kv_cache_weight(),
+            prefix_weight: Self::default_prefix_weight(),
+            max_queue: Self::default_max_queue(),
+            max_kv_cache_percent: Self::default_max_kv_cache_percent(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -130,6 +130,20 @@ impl ServiceConfig {
         {
             return Err("loadBalancing.hashOn is required with ConsistentHash".into());
         }
+        if let Some(i) = &self.load_balancing.inference {
+            if self.load_balancing.policy != LoadBalancingPolicy::InferenceAware {
+                return Err("loadBalancing.inference applies to policy InferenceAware only".into());
+            }
+            if i.queue_weight + i.kv_cache_weight + i.prefix_weight == 0 {
+                return Err("loadBalancing.inference: at least one weight must be above 0".into());
+            }
+            if i.queue_weight.max(i.kv_cache_weight).max(i.prefix_weight) > 100 {
+                return Err("loadBalancing.inference: weights are 0-100".into());
+            }
+            if i.max_kv_cache_percent > 100 {
+                return Err("loadBalancing.inference.maxKvCachePercent is 0-100".into());
+            }
+        }
         if self.concurrency.max_in_flight_per_endpoint == Some(0) {
             return Err("concurrency.maxInFlightPerEndpoint must be at least 1".into());
         }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::uri::Authority;
 use infermesh_crds::mesh::{
-    HeaderValueMatch, MeshConfig, ServiceConfig, VariantConfig, header_regex,
+    HeaderValueMatch, LoadBalancingPolicy, MeshConfig, ServiceConfig, VariantConfig,
+    header_regex,
 };
 use tokio::time::Instant;
 
@@ -19,7 +20,7 @@ use crate::endpoint::Endpoint;
 use crate::endpoint::budget::RetryBudget;
 use crate::endpoint::limit::Limiter;
 use crate::endpoint::state::{EndpointState, EwmaPolicy};
-use crate::hash::ConfigMap;
+use crate::hash::{ConfigMap, stable_hash};
 use crate::metrics::Metrics;
 use crate::routing::balancer::Balancer;
 use crate::routing::router::{Route, Router, ValueMatch};
@@ -151,6 +152,7 @@ fn compile_service(
         let old_v = old.and_then(|o| o.variants.iter().find(|ov| ov.name == v.name));
         variants.push(compile_variant(s, v, old_v, &local, limits, &hash_on, cx)?);
     }
+    let variants_serve_locally = variants.iter().any(|v| v.endpoints.iter().any(|e| e.local));
     let budget = match old {
         Some(o)
             if o.budget.ratio == r.budget_ratio
@@ -181,6 +183,10 @@ fn compile_service(
         },
         outlier_detection: s.outlier_detection.clone(),
         metrics: cx.metrics.service(name),
+        serves_locally: variants_serve_locally,
+        engine: s.engine,
+        reports_load: s.engine.is_some()
+            || s.load_balancing.policy == LoadBalancingPolicy::InferenceAware,
     })
 }
 
@@ -232,8 +238,10 @@ fn compile_variant(
                 },
             );
         endpoints.push(Endpoint {
+            key: stable_hash(e.address.as_bytes()),
             address: e.address.clone(),
             conns,
+            local: is_local,
             meshed: e.meshed && !is_local,
             state,
             limiter,
@@ -241,7 +249,12 @@ fn compile_variant(
     }
     Ok(Variant {
         name: v.name.clone(),
-        balancer: Balancer::new(s.load_balancing.policy, hash_on.clone(), &endpoints),
+        balancer: Balancer::new(
+            s.load_balancing.policy,
+            hash_on.clone(),
+            s.load_balancing.inference.unwrap_or_default(),
+            &endpoints,
+        ),
         endpoints,
         routed,
         metrics: cx.metrics.variant(&s.name, &v.name),

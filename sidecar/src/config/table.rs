@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use infermesh_crds::mesh::{MeshConfig, OutlierDetectionConfig, Protocol, RetryOn};
+use infermesh_crds::mesh::{Engine, MeshConfig, OutlierDetectionConfig, Protocol, RetryOn};
 
 use crate::endpoint::Endpoint;
 use crate::endpoint::backoff::Backoff;
@@ -63,6 +63,13 @@ pub(crate) struct Service {
     /// Overrides of the sidecar's ejection policy.
     pub(crate) outlier_detection: OutlierDetectionConfig,
     pub(crate) metrics: ServiceMetrics,
+    /// This pod is an endpoint of the service: its model's load is read and reported here.
+    pub(crate) serves_locally: bool,
+    /// The model server, whose metrics give the load.
+    pub(crate) engine: Option<Engine>,
+    /// Responses to peers carry this pod's load (an engine is named, or a caller balances by
+    /// load reports).
+    pub(crate) reports_load: bool,
 }
 
 #[derive(Debug)]

@@ -10,6 +10,7 @@ use infermesh_crds::mesh::OutlierDetectionConfig;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
+use super::load::LoadEstimate;
 
 /// Fraction of each ejection time drawn at random, so endpoints ejected together (one bad node,
 /// many sidecars) are not readmitted in lockstep.
@@ -103,6 +104,8 @@ pub(crate) struct EndpointState {
     /// `Retry-After`); 0 = available.
     unavailable_until: AtomicU64,
     ewma: Mutex<Ewma>,
+    /// The load its sidecar reports (InferenceAware).
+    pub(crate) load: LoadEstimate,
 }
 
 #[derive(Debug)]
@@ -124,6 +127,7 @@ impl EndpointState {
                 estimate: ewma.default_rtt.as_nanos() as f64,
                 stamp: now,
             }),
+            load: LoadEstimate::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use http::request::Parts;
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, HeaderValue, Method, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -25,11 +25,22 @@ use super::guard::RequestGuard;
 use super::timeouts::{min_opt, within_opt};
 use crate::config::table::{Service, Variant};
 use crate::endpoint::Endpoint;
-use crate::routing::balancer::Tried;
+use crate::load::orca::{self, LoadReport};
+use crate::routing::affinity::PrefixIndex;
+use crate::routing::balancer::{Affinity, Choice, Tried};
+use crate::routing::prompt::Prompt;
+use crate::routing::score::Score;
 use crate::upstream::body::{self, Prepared, RequestBody, Unreplayable, client_fault};
 use crate::upstream::forward;
 use crate::upstream::pool::Lent;
 use crate::upstream::replay::ReplayHold;
+
+/// Asks for the endpoint and the score in the response.
+const DEBUG_HEADER: &str = "x-infermesh-debug";
+/// The endpoint that answered (with [`DEBUG_HEADER`]).
+const ENDPOINT_HEADER: &str = "x-infermesh-endpoint";
+/// The score parts that chose it, InferenceAware only (with [`DEBUG_HEADER`]).
+const SCORE_HEADER: &str = "x-infermesh-score";
 
 /// Why a try did not produce the response to return.
 enum Failure {
@@ -56,6 +67,19 @@ struct Replay {
     data: Bytes,
     trailers: Option<Box<HeaderMap>>,
     _hold: ReplayHold,
+    /// The prompt read from `data`, for InferenceAware's prefix affinity.
+    prompt: Option<Prompt>,
+}
+
+impl Replay {
+    /// What the balancer's prefix affinity needs, if the body had a prompt.
+    fn affinity<'a>(this: &'a Option<Box<Replay>>, index: &'a PrefixIndex) -> Option<Affinity<'a>> {
+        let prompt = this.as_ref()?.prompt.as_ref()?;
+        Some(Affinity {
+            blocks: &prompt.blocks,
+            index,
+        })
+    }
 }
 
 impl Attempts<'_> {
@@ -73,8 +97,17 @@ impl Attempts<'_> {
         let repeatable = policy.non_idempotent || is_idempotent(&head.method);
         // With retries on, the body is read (≤ 1 MiB) so it can be replayed.
         let up = &self.proxy.upstream;
-        let (replay, mut once) = if policy.attempts > 1 {
+        // Asked for the scorer's choice in the response (`x-infermesh-debug: 1`).
+        let debug = head
+            .headers
+            .remove(DEBUG_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1");
+        // InferenceAware reads the prompt from the body: it is buffered like a body kept for
+        // retries, and the same buffer is sent (byte for byte) and replayed.
+        if policy.attempts > 1 {
             svc.budget.deposit(Instant::now());
+        }
+        let (replay, mut once) = if policy.attempts > 1 || variant.balancer.wants_prompt() {
             match body::prepare(body, up.body_idle, &up.replay)
                 .await
                 .map_err(|e| ProxyError::from(&e))?
@@ -83,14 +116,22 @@ impl Attempts<'_> {
                     data,
                     trailers,
                     hold,
-                } => (
-                    Some(Box::new(Replay {
-                        data,
-                        trailers,
-                        _hold: hold,
-                    })),
-                    None,
-                ),
+                } => {
+                    let prompt = variant
+                        .balancer
+                        .wants_prompt()
+                        .then(|| Prompt::of(&data))
+                        .flatten();
+                    (
+                        Some(Box::new(Replay {
+                            data,
+                            trailers,
+                            _hold: hold,
+                            prompt,
+                        })),
+                        None,
+                    )
+                }
                 Prepared::Stream(b, why) => {
                     if why == Unreplayable::PoolFull {
                         svc.metrics.replay_pool_full.inc();
@@ -101,22 +142,26 @@ impl Attempts<'_> {
         } else {
             (None, Some(RequestBody::streamed(body, up.body_idle)))
         };
+
         let head_timeout = min_opt(policy.per_try_timeout, svc.timeouts.first_byte);
         let mut tried = Tried::default();
         let mut attempt: u32 = 0;
         // A retry's endpoint is chosen before deciding to retry (see below).
-        let mut chosen: Option<usize> = None;
+        let mut choice: Choice = variant
+            .balancer
+            .pick(
+                &variant.endpoints,
+                &head.headers,
+                tried,
+                Instant::now(),
+                Replay::affinity(&replay, &self.proxy.prefixes),
+            )
+            .ok_or_else(|| ProxyError::NoEndpoint {
+                service: svc.name.clone(),
+                variant: variant.name.clone(),
+            })?;
         loop {
-            let ei = match chosen.take() {
-                Some(i) => i,
-                None => variant
-                    .balancer
-                    .pick(&variant.endpoints, &head.headers, tried, Instant::now())
-                    .ok_or_else(|| ProxyError::NoEndpoint {
-                        service: svc.name.clone(),
-                        variant: variant.name.clone(),
-                    })?,
-            };
+            let ei = choice.index as usize;
             tried.add(ei);
             let ep = &variant.endpoints[ei];
             let permit = match &ep.limiter {
@@ -152,6 +197,14 @@ impl Attempts<'_> {
             // before the backoff below, so a request's future does not carry it while it waits.
             {
                 let in_flight = ep.state.start();
+                if variant.balancer.is_inference_aware() {
+                    ep.state.load.sent();
+                }
+                // This pod's own model counts this request too, as it counts its peers'.
+                if ep.local {
+                    let len = replay.as_ref().map_or(0, |r| r.data.len() as u64);
+                    guard.hold_serving(self.proxy.local.enter(&svc.name, len));
+                }
                 let sent = Instant::now();
                 let outcome = within_opt(
                     head_timeout,
@@ -160,7 +213,11 @@ impl Attempts<'_> {
                 .await;
                 let now = Instant::now();
                 let failure = match outcome {
-                    Some(Ok((resp, lent))) => {
+                    Some(Ok((mut resp, lent))) => {
+                        self.take_report(ep, &mut resp, now);
+                        if debug {
+                            explain(&mut resp, ep, choice.score);
+                        }
                         let status = resp.status().as_u16();
                         ep.state.observe_rtt(now, now - sent, &self.proxy.ewma);
                         variant.metrics.ttfb.observe((now - sent).as_secs_f64());
@@ -214,11 +271,20 @@ impl Attempts<'_> {
                 if retry {
                     // Only to an endpoint in rotation: one held by Retry-After or ejected is not
                     // retried sooner, even when it is the only one.
-                    chosen = variant
+                    match variant
                         .balancer
-                        .pick(&variant.endpoints, &head.headers, tried, now)
-                        .filter(|i| variant.endpoints[*i].state.is_available(now));
-                    retry = chosen.is_some();
+                        .pick(
+                            &variant.endpoints,
+                            &head.headers,
+                            tried,
+                            now,
+                            Replay::affinity(&replay, &self.proxy.prefixes),
+                        )
+                        .filter(|c| variant.endpoints[c.index as usize].state.is_available(now))
+                    {
+                        Some(c) => choice = c,
+                        None => retry = false,
+                    }
                 }
                 if retry && !svc.budget.try_withdraw(now) {
                     svc.metrics.budget_exhausted.inc();
@@ -235,11 +301,28 @@ impl Attempts<'_> {
                         Failure::Timeout => Err(ProxyError::Timeout),
                     };
                 }
+                guard.drop_serving();
                 drop((failure, permit, in_flight));
             }
             svc.metrics.retries.inc();
             tokio::time::sleep(policy.backoff.delay(attempt)).await;
             attempt += 1;
+        }
+    }
+
+    /// The load report of a response: a meshed peer's sidecar sends it in
+    /// `endpoint-load-metrics`, which is taken off before the client sees it; this pod's own
+    /// model's is read here. Only InferenceAware keeps it.
+    fn take_report(&self, ep: &Endpoint, resp: &mut Response<Incoming>, now: Instant) {
+        let aware = self.variant.balancer.is_inference_aware();
+        if ep.meshed {
+            let header = resp.headers_mut().remove(orca::HEADER);
+            if aware && let Some(r) = header.and_then(|v| LoadReport::parse(v.as_bytes())) {
+                ep.state.load.report(r, now);
+            }
+        } else if aware && ep.local {
+            let r = self.proxy.local.model(&self.svc.name).report(now);
+            ep.state.load.report(r, now);
         }
     }
 
@@ -251,6 +334,28 @@ impl Attempts<'_> {
             variant.metrics.ejections.inc();
             tracing::warn!(endpoint = %ep.address, variant = %variant.name, ejected_for = ?d,
                 "endpoint ejected after consecutive failures");
+        }
+    }
+}
+
+/// The endpoint a try went to and, for InferenceAware, the score that chose it
+/// (`x-infermesh-debug: 1`).
+fn explain(resp: &mut Response<Incoming>, ep: &Endpoint, score: Option<Score>) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::try_from(ep.address.as_str()) {
+        h.insert(ENDPOINT_HEADER, v);
+    }
+    if let Some(s) = score {
+        let text = format!(
+            "total={:.3}, queue={:.3}, kv={:.3}, prefix={:.3}, saturated={}",
+            s.total(),
+            s.queue(),
+            s.kv(),
+            s.prefix(),
+            s.saturated
+        );
+        if let Ok(v) = HeaderValue::try_from(text) {
+            h.insert(SCORE_HEADER, v);
         }
     }
 }
@@ -291,7 +396,6 @@ fn retry_after_at(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn retry_after_as_an_http_date() {

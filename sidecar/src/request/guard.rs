@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::table::{Service, Variant};
 use crate::endpoint::state::InFlight;
+use crate::serving::Serving;
 use crate::upstream::pool::Lent;
 
 /// Released when the response stream ends (or the client leaves); the connection goes back to its
@@ -27,6 +28,8 @@ pub(crate) struct RequestGuard {
     in_flight: Option<InFlight>,
     permit: Option<OwnedSemaphorePermit>,
     conn: Option<Lent>,
+    /// A local delivery's place in its model's in-flight count (the load it reports).
+    serving: Option<Serving>,
     /// The status of the response being relayed, counted when the stream ends.
     status: Option<StatusCode>,
     cut: bool,
@@ -44,6 +47,7 @@ impl RequestGuard {
             in_flight: None,
             permit: None,
             conn: None,
+            serving: None,
             status: None,
             cut: false,
         }
@@ -64,6 +68,16 @@ impl RequestGuard {
     /// Keeps the connection of a local delivery (which takes no endpoint slot).
     pub(crate) fn hold_conn(&mut self, conn: Option<Lent>) {
         self.conn = conn;
+    }
+
+    /// Counts a local delivery as in flight at its model until the response ends.
+    pub(crate) fn hold_serving(&mut self, serving: Serving) {
+        self.serving = Some(serving);
+    }
+
+    /// The try that went to the local model failed and another follows.
+    pub(crate) fn drop_serving(&mut self) {
+        self.serving = None;
     }
 
     /// A response with `status` is being relayed: it is counted when its stream ends.

@@ -45,6 +45,9 @@ use crate::config::store::ConfigStore;
 use crate::config::table::Service;
 use crate::detach;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
+use crate::load::orca;
+use crate::routing::affinity::PrefixIndex;
+use crate::serving::LocalModels;
 use crate::trust::{MAX_HOPS, Trust};
 use crate::upstream::body::{RequestBody, client_fault};
 use crate::upstream::forward::{self, ROUTED, Upstream};
@@ -77,6 +80,10 @@ pub(crate) struct Proxy {
     pub(crate) upstream: Upstream,
     pub(crate) ejection: EjectionPolicy,
     pub(crate) ewma: EwmaPolicy,
+    /// Which endpoints were sent which prompt prefixes (InferenceAware), across reloads.
+    pub(crate) prefixes: PrefixIndex,
+    /// This pod's models and their load, reported on responses to peers.
+    pub(crate) local: Arc<LocalModels>,
 }
 
 impl Proxy {
@@ -209,6 +216,12 @@ impl Proxy {
         conn: &ConnInfo,
     ) -> Response<ResponseBody> {
         let mut guard = RequestGuard::new(svc.clone(), Some(vi));
+        let declared = head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        guard.hold_serving(self.local.enter(&svc.name, declared));
         prepare_head(head, &conn.forwarding, svc.protocol);
         let deadline = svc
             .timeouts
@@ -230,11 +243,18 @@ impl Proxy {
             )
             .await
             {
-                Some(Ok((resp, lent))) => {
+                Some(Ok((mut resp, lent))) => {
                     if let Some(v) = guard.variant() {
                         v.metrics.ttfb.observe(sent.elapsed().as_secs_f64());
                     }
                     guard.hold_conn(lent);
+                    if svc.reports_load {
+                        // The caller's balancer reads it (and strips it before its client).
+                        let report = self.local.model(&svc.name).report(Instant::now());
+                        if let Ok(v) = HeaderValue::try_from(report.to_text()) {
+                            resp.headers_mut().insert(orca::HEADER, v);
+                        }
+                    }
                     Ok(resp)
                 }
                 Some(Err(e)) if let Some(fault) = client_fault(&e).map(ProxyError::from) => {
@@ -305,6 +325,8 @@ mod tests {
             ),
             ejection: EjectionPolicy::default(),
             ewma: EwmaPolicy::default(),
+            prefixes: PrefixIndex::new(64),
+            local: Default::default(),
         });
         let size =
             future_size(&move |c: Arc<ConnInfo>, r: Request<Incoming>| proxy.clone().handle(c, r));

@@ -1,5 +1,6 @@
 //! Choosing an endpoint of the chosen variant ([`Balancer`]): P2C least-request (default),
-//! PeakEWMA (P2C over latency × load), round robin, or consistent hash on a header. Endpoints already tried by this
+//! PeakEWMA (P2C over latency × load), round robin, consistent hash on a header, or
+//! InferenceAware (load reports, KV cache and prefix affinity: `score`, `affinity`). Endpoints already tried by this
 //! request, ejected, held by `Retry-After` or at their concurrency limit are avoided while others
 //! remain; if none remain the least-bad one is used rather than failing outright.
 //!
@@ -11,12 +12,20 @@ use std::sync::atomic::AtomicUsize;
 
 use http::HeaderMap;
 use http::header::HeaderName;
-use infermesh_crds::mesh::LoadBalancingPolicy;
+use infermesh_crds::mesh::{InferenceScoring, LoadBalancingPolicy};
 use tokio::time::Instant;
 
+use super::affinity::{PrefixIndex, rendezvous};
 use super::next;
+use super::score::{Score, Scoring};
 use crate::endpoint::Endpoint;
+use crate::endpoint::load::LoadView;
 use crate::hash::{random_below, stable_hash};
+
+/// Consistent hashing with bounded loads (Mirrokni et al.): an endpoint with more than this
+/// many times the candidates' mean requests (plus one) loses its prefix affinity, so a hot
+/// prefix spills to the next endpoint in its order instead of queueing on one.
+const LOAD_BOUND: f64 = 1.25;
 
 /// Virtual nodes per endpoint on the consistent-hash ring.
 const RING_POINTS: u32 = 64;
@@ -30,6 +39,32 @@ pub(crate) struct Balancer {
     /// Consistent-hash ring: (point, endpoint index), sorted by point.
     ring: Vec<(u64, u32)>,
     rr: AtomicUsize,
+    scoring: Scoring,
+}
+
+/// What prefix affinity needs for one request: its prompt's chained block hashes
+/// (`routing::prompt`) and the sidecar's index of who was sent what.
+#[derive(Clone, Copy)]
+pub(crate) struct Affinity<'a> {
+    pub(crate) blocks: &'a [u64],
+    pub(crate) index: &'a PrefixIndex,
+}
+
+/// The endpoint picked, and for InferenceAware the score that picked it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Choice {
+    // u32: a request's future carries its choice while it waits.
+    pub(crate) index: u32,
+    pub(crate) score: Option<Score>,
+}
+
+impl From<usize> for Choice {
+    fn from(index: usize) -> Self {
+        Self {
+            index: index as u32,
+            score: None,
+        }
+    }
 }
 
 /// Endpoints this request already tried (bit i = endpoint i; endpoints past 63 are not tracked).
@@ -109,6 +144,7 @@ impl Balancer {
     pub(crate) fn new(
         policy: LoadBalancingPolicy,
         hash_on: Option<HeaderName>,
+        scoring: InferenceScoring,
         endpoints: &[Endpoint],
     ) -> Self {
         let mut ring = Vec::new();
@@ -129,7 +165,18 @@ impl Balancer {
             hash_on,
             ring,
             rr: AtomicUsize::new(0),
+            scoring: scoring.into(),
         }
+    }
+
+    /// Whether picks use load reports and prompts (and so want the request's prompt).
+    pub(crate) fn is_inference_aware(&self) -> bool {
+        self.policy == LoadBalancingPolicy::InferenceAware
+    }
+
+    /// Whether the request's prompt would be used: InferenceAware with a prefix weight.
+    pub(crate) fn wants_prompt(&self) -> bool {
+        self.is_inference_aware() && self.scoring.prefix > 0.0
     }
 
     /// The endpoint of `eps` (the variant's, as given to [`Balancer::new`]) for this try.
@@ -139,10 +186,62 @@ impl Balancer {
         headers: &HeaderMap,
         tried: Tried,
         now: Instant,
-    ) -> Option<usize> {
+        affinity: Option<Affinity<'_>>,
+    ) -> Option<Choice> {
         if eps.is_empty() {
             return None;
         }
+        if self.is_inference_aware() {
+            return self.score_pick(eps, tried, now, affinity);
+        }
+        self.plain_pick(eps, headers, tried, now).map(Choice::from)
+    }
+
+    /// InferenceAware: the scorer's choice among the endpoints eligible at the first level
+    /// that has any.
+    fn score_pick(
+        &self,
+        eps: &[Endpoint],
+        tried: Tried,
+        now: Instant,
+        affinity: Option<Affinity<'_>>,
+    ) -> Option<Choice> {
+        let level = LEVELS
+            .into_iter()
+            .find(|&l| (0..eps.len()).any(|i| eligible(&eps[i], i, tried, l, now)))?;
+        let cands: Vec<usize> = (0..eps.len())
+            .filter(|&i| eligible(&eps[i], i, tried, level, now))
+            .collect();
+        let loads: Vec<LoadView> = cands
+            .iter()
+            .map(|&i| eps[i].state.load.view(now, eps[i].state.in_flight()))
+            .collect();
+        let affinity = affinity.filter(|a| self.scoring.prefix > 0.0 && !a.blocks.is_empty());
+        let prefix = match affinity {
+            Some(a) => prefix_scores(a, &cands, eps, &loads),
+            None => vec![0.0; cands.len()],
+        };
+        let (j, score) = self.scoring.choose(&loads, &prefix)?;
+        let index = cands[j];
+        // Remembered at the choice, not the response: the next request with this prefix,
+        // often already on its way, follows it.
+        if let Some(a) = affinity {
+            a.index.record(a.blocks, eps[index].key);
+        }
+        Some(Choice {
+            index: index as u32,
+            score: Some(score),
+        })
+    }
+
+    /// Every policy but InferenceAware.
+    fn plain_pick(
+        &self,
+        eps: &[Endpoint],
+        headers: &HeaderMap,
+        tried: Tried,
+        now: Instant,
+    ) -> Option<usize> {
         if eps.len() == 1 {
             return Some(0);
         }
@@ -190,6 +289,34 @@ impl Balancer {
             .map(|k| ring[(start + k) % ring.len()].1 as usize)
             .find(|&i| i < eps.len() && eligible(&eps[i], i, tried, level, now))
     }
+}
+
+/// Each candidate's prefix score, 0..=1: the share of the prompt's blocks it was sent, or, for
+/// the one endpoint ranked first by [`rendezvous`] on the deepest block this sidecar has seen
+/// (the one every sidecar sends that prefix to first), that depth. A candidate over the load
+/// bound gets 0, which passes its prefixes to the next in their order.
+fn prefix_scores(a: Affinity<'_>, cands: &[usize], eps: &[Endpoint], loads: &[LoadView]) -> Vec<f64> {
+    let keys: Vec<u64> = cands.iter().map(|&i| eps[i].key).collect();
+    let m = a.index.lookup(a.blocks, &keys);
+    let mean = loads.iter().map(|l| l.requests).sum::<f64>() / loads.len().max(1) as f64;
+    let bound = LOAD_BOUND * mean + 1.0;
+    let within = |j: usize| loads[j].requests <= bound;
+    let first = m.seen.checked_sub(1).and_then(|d| {
+        let block = a.blocks[d];
+        (0..cands.len())
+            .filter(|&j| within(j))
+            .max_by_key(|&j| rendezvous(block, keys[j]))
+    });
+    let n = a.blocks.len() as f64;
+    (0..cands.len())
+        .map(|j| {
+            if !within(j) {
+                return 0.0;
+            }
+            let hint = if Some(j) == first { m.seen } else { 0 };
+            m.held[j].max(hint) as f64 / n
+        })
+        .collect()
 }
 
 /// Power of two choices: two distinct random eligible endpoints, the cheaper wins.

@@ -1,6 +1,7 @@
 //! The admin port (15020): `/live` (always 200 while the process serves), `/ready` (503 until a
 //! config is loaded and the listeners are up, and again while draining), `/metrics` (Prometheus
-//! text) and `/config` (the config in force, with its revision, as JSON).
+//! text), `/config` (the config in force, with its revision, as JSON) and `/load` (this pod's
+//! models' load as it reports it to peers; from localhost also every endpoint's estimate).
 //!
 //! Probes and metrics answer anyone who reaches the port (the kubelet, Prometheus, the
 //! operator). `/config` lists every endpoint of the namespace, pod names and IPs: it answers only
@@ -25,11 +26,14 @@ use infermesh_crds::REVISION_HEADER;
 
 use crate::config::store::ConfigStore;
 use crate::request::body::ResponseBody;
+use crate::serving::LocalModels;
 
 const CONFIG_PATH: &str = "/config";
+const LOAD_PATH: &str = "/load";
 
 pub(crate) struct Admin {
     pub(crate) store: Arc<ConfigStore>,
+    pub(crate) local: Arc<LocalModels>,
     pub(crate) listeners_up: AtomicBool,
     pub(crate) draining: AtomicBool,
 }
@@ -85,19 +89,83 @@ impl Admin {
                     "config": t.config,
                     "refused": t.refused,
                 });
-                let mut r = text(StatusCode::OK, body.to_string());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r
+                json(body)
             }
+            LOAD_PATH => json(self.load(peer.is_loopback())),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "unknown path: try /ready, /live, /metrics, /config\n",
+                "unknown path: try /ready, /live, /metrics, /config, /load\n",
             ),
         }
     }
+
+    /// This pod's models' reports (what peers read); with `estimates` (asked from inside the
+    /// pod) also what this sidecar believes of every endpoint it routes to.
+    fn load(&self, estimates: bool) -> serde_json::Value {
+        let now = tokio::time::Instant::now();
+        let models: serde_json::Map<String, serde_json::Value> = self
+            .local
+            .reports(now)
+            .into_iter()
+            .map(|(name, r, scraped)| {
+                let engine = scraped.map(|s| {
+                    serde_json::json!({
+                        "engine": format!("{:?}", s.engine),
+                        "ageMs": now.saturating_duration_since(s.at).as_millis() as u64,
+                        "waiting": s.load.waiting,
+                        "running": s.load.running,
+                        "kvUsage": s.load.kv_usage,
+                        "prefixHitRate": s.hit_rate.or(s.load.hit_rate_gauge),
+                        "loraRunning": s.load.lora.as_ref().map(|l| &l.running),
+                    })
+                });
+                let body = serde_json::json!({
+                    "report": r.to_text(),
+                    "inFlight": r.in_flight,
+                    "promptTokens": r.prompt_tokens,
+                    "engine": engine,
+                });
+                (name, body)
+            })
+            .collect();
+        let mut out = serde_json::json!({ "models": models });
+        if estimates {
+            let t = self.store.current();
+            let endpoints: Vec<serde_json::Value> = t
+                .services
+                .iter()
+                .flat_map(|svc| {
+                    svc.variants.iter().flat_map(move |v| {
+                        v.endpoints.iter().map(move |e| {
+                            let own = e.state.in_flight();
+                            let view = e.state.load.view(now, own);
+                            serde_json::json!({
+                                "service": svc.name,
+                                "variant": v.name,
+                                "address": e.address,
+                                "inFlight": own,
+                                "requests": view.requests,
+                                "waiting": view.waiting,
+                                "kvUsage": view.kv_usage,
+                                "reportAgeMs": view.age.map(|a| a.as_millis() as u64),
+                            })
+                        })
+                    })
+                })
+                .collect();
+            out["endpoints"] = endpoints.into();
+        }
+        out
+    }
+}
+
+fn json(body: serde_json::Value) -> Response<ResponseBody> {
+    let mut r = text(StatusCode::OK, body.to_string());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
@@ -130,6 +198,7 @@ mod tests {
         ));
         let admin = Arc::new(Admin {
             store: store.clone(),
+            local: Default::default(),
             listeners_up: AtomicBool::new(true),
             draining: AtomicBool::new(false),
         });
@@ -158,6 +227,7 @@ mod tests {
                 None,
                 EwmaPolicy::default(),
             )),
+            local: Default::default(),
             listeners_up: AtomicBool::new(true),
             draining: AtomicBool::new(false),
         };
@@ -169,6 +239,10 @@ mod tests {
         assert_eq!(status(local, "/config"), StatusCode::OK);
         assert_eq!(status(pod, "/live"), StatusCode::OK);
         assert_eq!(status(pod, "/metrics"), StatusCode::OK);
+        // Peers read a pod's load; the estimates of every endpoint stay inside the pod.
+        assert_eq!(status(pod, "/load"), StatusCode::OK);
+        assert!(admin.load(false).get("endpoints").is_none());
+        assert!(admin.load(true)["endpoints"].is_array());
         // Not ready (no config yet), but answered.
         assert_eq!(status(pod, "/ready"), StatusCode::SERVICE_UNAVAILABLE);
     }

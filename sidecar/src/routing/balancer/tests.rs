@@ -13,19 +13,26 @@ fn variant(policy: LoadBalancingPolicy, n: usize) -> (Balancer, Vec<Endpoint>) {
             let address = format!("127.0.0.1:{}", 9000 + i);
             Endpoint {
                 conns: ConnPool::new(address.parse().unwrap()),
+                key: stable_hash(address.as_bytes()),
                 address,
+                local: false,
                 meshed: false,
                 state: Arc::new(EndpointState::new(Instant::now(), EwmaPolicy::default())),
                 limiter: None,
             }
         })
         .collect();
-    let b = Balancer::new(policy, Some(HeaderName::from_static("x-user")), &eps);
+    let b = Balancer::new(
+        policy,
+        Some(HeaderName::from_static("x-user")),
+        Default::default(),
+        &eps,
+    );
     (b, eps)
 }
 
 fn pick((b, eps): &(Balancer, Vec<Endpoint>), h: &HeaderMap, tried: Tried) -> usize {
-    b.pick(eps, h, tried, Instant::now()).unwrap()
+    b.pick(eps, h, tried, Instant::now(), None).unwrap().index as usize
 }
 
 #[tokio::test]

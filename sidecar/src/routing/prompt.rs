@@ -1,0 +1,234 @@
+//! The prompt of an OpenAI-shaped request as a chain of block hashes ([`Prompt`]), for prefix
+//! affinity: block `i`'s hash covers every byte before it, so two prompts share their first `k`
+//! hashes exactly when they share their first `k` blocks, the way an engine's prefix cache
+//! shares KV blocks.
+//!
+//! The text hashed is what the engine's cache depends on: the `model` (another model or LoRA
+//! adapter caches apart), then each message's role and content in order (`messages`), or the
+//! `prompt`. It is read from the parsed JSON, not the raw bytes, so two clients that format the
+//! same request differently still agree. The body itself is never changed.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Bodies up to this size are read for their prompt; larger ones are routed without affinity.
+pub(crate) const MAX_BODY: usize = 256 << 10;
+
+/// Bytes of prompt text per block: about 64 tokens, a few of an engine's KV blocks.
+pub(crate) const BLOCK: usize = 256;
+
+/// A request's prompt as chained block hashes (the last block may be partial).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Prompt {
+    pub(crate) blocks: Vec<u64>,
+}
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    messages: Option<Vec<Message<'a>>>,
+    #[serde(borrow, default)]
+    prompt: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<Text<'a>>,
+}
+
+/// A string, or the array forms (`[{"type":"text","text":"..."}]`, `["..."]`); anything else
+/// contributes nothing.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Text<'a> {
+    One(#[serde(borrow)] Cow<'a, str>),
+    Parts(#[serde(borrow)] Vec<Part<'a>>),
+    Other(IgnoredAny),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Part<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Object {
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+    },
+    Other(IgnoredAny),
+}
+
+impl Text<'_> {
+    fn feed(&self, chain: &mut Chain) {
+        match self {
+            Text::One(s) => chain.feed(s.as_bytes()),
+            Text::Parts(parts) => {
+                for p in parts {
+                    match p {
+                        Part::Text(s) | Part::Object { text: Some(s) } => chain.feed(s.as_bytes()),
+                        _ => {}
+                    }
+                }
+            }
+            Text::Other(_) => {}
+        }
+    }
+}
+
+/// Chained block hashing over a stream of bytes.
+struct Chain {
+    block: [u8; BLOCK],
+    len: usize,
+    prev: u64,
+    blocks: Vec<u64>,
+}
+
+impl Chain {
+    fn new(seed: u64) -> Self {
+        Self {
+            block: [0; BLOCK],
+            len: 0,
+            prev: seed,
+            blocks: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = (BLOCK - self.len).min(bytes.len());
+            self.block[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+            if self.len == BLOCK {
+                self.seal();
+            }
+        }
+    }
+
+    fn seal(&mut self) {
+        self.prev = xxh3_64_with_seed(&self.block[..self.len], self.prev);
+        self.blocks.push(self.prev);
+        self.len = 0;
+    }
+
+    fn finish(mut self) -> Vec<u64> {
+        if self.len > 0 {
+            self.seal();
+        }
+        self.blocks
+    }
+}
+
+impl Prompt {
+    /// The prompt of `body`, if it is a JSON object with `messages` or `prompt` and at most
+    /// [`MAX_BODY`] bytes; anything else has none (and is routed without affinity).
+    pub(crate) fn of(body: &[u8]) -> Option<Prompt> {
+        if body.len() > MAX_BODY {
+            return None;
+        }
+        let parsed: Body<'_> = serde_json::from_slice(body).ok()?;
+        let seed = xxh3_64_with_seed(parsed.model.as_deref().unwrap_or("").as_bytes(), 0);
+        let mut chain = Chain::new(seed);
+        match (&parsed.messages, &parsed.prompt) {
+            (Some(messages), _) => {
+                for m in messages {
+                    chain.feed(m.role.as_deref().unwrap_or("").as_bytes());
+                    // Separators no text contains, so "ab"+"c" and "a"+"bc" differ.
+                    chain.feed(&[0x1f]);
+                    if let Some(c) = &m.content {
+                        c.feed(&mut chain);
+                    }
+                    chain.feed(&[0x1e]);
+                }
+            }
+            (None, Some(p)) => p.feed(&mut chain),
+            (None, None) => return None,
+        }
+        let blocks = chain.finish();
+        (!blocks.is_empty()).then_some(Prompt { blocks })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chat(system: &str, user: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "model": "m",
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "stream": true,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn prompts_sharing_a_prefix_share_its_whole_blocks() {
+        let system = "Answer briefly. ".repeat(100);
+        let a = Prompt::of(&chat(&system, "What is Rust?")).unwrap();
+        let b = Prompt::of(&chat(&system, "Who wrote Dune?")).unwrap();
+        let shared = a.blocks.iter().zip(&b.blocks).take_while(|(x, y)| x == y).count();
+        // role, separator, content, end, then the user's role and separator are alike.
+        let alike = "system".len() + 1 + system.len() + 1 + "user".len() + 1;
+        assert_eq!(shared, alike / BLOCK);
+        assert_ne!(a.blocks.last(), b.blocks.last());
+        // The same request formatted otherwise has the same prompt.
+        let spaced = format!(
+            r#"{{ "stream": true, "messages": [ {{"content": {:?}, "role": "system"}}, {{"role":"user","content":"What is Rust?"}} ], "model": "m" }}"#,
+            system
+        );
+        assert_eq!(Prompt::of(spaced.as_bytes()).unwrap(), a);
+    }
+
+    #[test]
+    fn the_model_and_the_content_forms_count() {
+        let parts = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#;
+        let plain = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let other = br#"{"model":"lora-a","messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(Prompt::of(parts), Prompt::of(plain));
+        assert_ne!(Prompt::of(plain), Prompt::of(other));
+        let completion = br#"{"model":"m","prompt":"Once upon a time"}"#;
+        assert_eq!(Prompt::of(completion).unwrap().blocks.len(), 1);
+    }
+
+    #[test]
+    fn bodies_without_a_prompt_have_none() {
+        for body in [
+            &b"not json"[..],
+            b"[1,2,3]",
+            b"{}",
+            br#"{"input":"embeddings have no messages"}"#,
+            br#"{"messages":"#,
+        ] {
+            assert_eq!(Prompt::of(body), None, "{}", String::from_utf8_lossy(body));
+        }
+        let big = chat(&"x".repeat(MAX_BODY), "q");
+        assert_eq!(Prompt::of(&big), None, "over the size bound");
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_read_without_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Prompt::of(&body);
+        }
+
+        #[test]
+        fn a_longer_conversation_extends_the_chain(turns in proptest::collection::vec("[a-z ]{0,400}", 1..6)) {
+            let messages: Vec<_> = turns.iter().map(|t| serde_json::json!({"role":"user","content":t})).collect();
+            let body = |n: usize| serde_json::to_vec(&serde_json::json!({"messages": &messages[..n]})).unwrap();
+            let full = Prompt::of(&body(messages.len())).unwrap();
+            let first = Prompt::of(&body(1)).unwrap();
+            // Every whole block of the first turn is a block of the longer prompt too.
+            let whole = first.blocks.len() - 1;
+            prop_assert_eq!(&full.blocks[..whole], &first.blocks[..whole]);
+        }
+    }
+}
