@@ -244,6 +244,7 @@ mod tests {
         spec.load_balancing = Some(LoadBalancing {
             policy: LoadBalancingPolicy::ConsistentHash,
             hash_on: Some("x-session".into()),
+            inference: None,
         });
         spec.outlier_detection = Some(OutlierDetection {
             consecutive_failures: Some(3),
@@ -318,6 +319,47 @@ mod tests {
             json.get("outlierDetection").is_none(),
             "left out, so existing revisions stay as they were"
         );
+    }
+
+    #[test]
+    fn an_engine_makes_inference_aware_the_default_and_unset_weights_take_theirs() {
+        let mut ms = model_service("llm", "ns", spec_with(&[("stable", 100, "v1")]));
+        ms.spec.engine = Some(api::Engine::Vllm);
+        let cfg = service_config(&ms, &resolve(&ms.spec, "ns", &[]));
+        assert_eq!(cfg.engine, Some(mesh::Engine::Vllm));
+        assert_eq!(
+            cfg.load_balancing.policy,
+            mesh::LoadBalancingPolicy::InferenceAware
+        );
+        assert_eq!(cfg.load_balancing.inference, None);
+        ms.spec.load_balancing = Some(LoadBalancing {
+            policy: LoadBalancingPolicy::InferenceAware,
+            hash_on: None,
+            inference: Some(api::InferenceScoring {
+                queue_weight: None,
+                kv_cache_weight: Some(0),
+                prefix_weight: Some(5),
+                max_queue: Some(10),
+                max_kv_cache_percent: None,
+            }),
+        });
+        let cfg = service_config(&ms, &resolve(&ms.spec, "ns", &[]));
+        assert_eq!(
+            cfg.load_balancing.inference,
+            Some(mesh::InferenceScoring {
+                queue_weight: 2,
+                kv_cache_weight: 0,
+                prefix_weight: 5,
+                max_queue: 10,
+                max_kv_cache_percent: 80,
+            })
+        );
+        // Without an engine nothing changes: LeastRequest, and no field the old sidecars lack.
+        let plain = model_service("llm", "ns", spec_with(&[("stable", 100, "v1")]));
+        let json =
+            serde_json::to_value(service_config(&plain, &resolve(&plain.spec, "ns", &[]))).unwrap();
+        assert!(json.get("engine").is_none());
+        assert!(json["loadBalancing"].get("inference").is_none());
     }
 
     #[test]

@@ -51,9 +51,9 @@ pub use crate::options::Options;
 use crate::request::headers::Forwarding;
 use crate::request::{ConnInfo, Direction, Proxy};
 use crate::routing::affinity::PrefixIndex;
-use crate::serving::LocalModels;
 use crate::server::admin::Admin;
 use crate::server::listener;
+use crate::serving::LocalModels;
 use crate::trust::Trust;
 use crate::upstream::forward::Upstream;
 
@@ -113,9 +113,8 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         default_rtt: opts.ewma_default_rtt,
         decay: opts.ewma_decay,
     };
-    let store = Arc::new(
-        ConfigStore::new(metrics, opts.pod_ip, ewma).with_model_host(opts.model_host),
-    );
+    let store =
+        Arc::new(ConfigStore::new(metrics, opts.pod_ip, ewma).with_model_host(opts.model_host));
     let (shutdown, rx) = watch::channel(false);
     let (admin_stop, admin_rx) = watch::channel(false);
     let mut background = JoinSet::new();

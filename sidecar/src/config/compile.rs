@@ -10,8 +10,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::uri::Authority;
 use infermesh_crds::mesh::{
-    HeaderValueMatch, LoadBalancingPolicy, MeshConfig, ServiceConfig, VariantConfig,
-    header_regex,
+    HeaderValueMatch, LoadBalancingPolicy, MeshConfig, ServiceConfig, VariantConfig, header_regex,
 };
 use tokio::time::Instant;
 
@@ -133,8 +132,9 @@ fn compile_service(
     }
 
     let old = previous.service(&name.to_ascii_lowercase());
-    let local_authority = Authority::try_from(SocketAddr::new(cx.model_host, s.port).to_string().as_str())
-        .map_err(|e| format!("port: {e}"))?;
+    let local_authority =
+        Authority::try_from(SocketAddr::new(cx.model_host, s.port).to_string().as_str())
+            .map_err(|e| format!("port: {e}"))?;
     // Idle connections survive a reload as long as their address does.
     let local = match old {
         Some(o) if *o.local.authority() == local_authority => o.local.clone(),

@@ -117,7 +117,10 @@ mod tests {
     fn without_a_report_the_own_count_is_the_load() {
         let e = LoadEstimate::default();
         let v = e.view(Instant::now(), 3);
-        assert_eq!((v.requests, v.waiting, v.kv_usage, v.age), (3.0, None, None, None));
+        assert_eq!(
+            (v.requests, v.waiting, v.kv_usage, v.age),
+            (3.0, None, None, None)
+        );
     }
 
     #[tokio::test(start_paused = true)]

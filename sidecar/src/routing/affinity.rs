@@ -5,10 +5,10 @@
 //! - [`PrefixIndex`], this sidecar's bounded memory of which endpoints it sent which prompt
 //!   blocks (a sharded LRU of block hash → the last few endpoints), gives each endpoint the
 //!   number of leading blocks it was sent;
-//! - [`rendezvous`] ranks the endpoints by a hash of the prompt's deepest block that this
-//!   sidecar has seen before. Every sidecar that has seen a shared prefix (a system prompt
-//!   sent by many users) ranks the same way for it, so all of them send it to the same
-//!   endpoint first; a hot prefix spills along that same order (the bound is the scorer's).
+//! - [`rendezvous`] ranks the endpoints by a hash of the prompt's leading blocks. Every sidecar
+//!   ranks the same way, so the requests of a shared prefix (a system prompt sent by many
+//!   users) go to the same endpoint from all of them, before any has an index entry for it; a
+//!   hot prefix spills along that same order (the bound is the balancer's).
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -33,7 +33,9 @@ pub(crate) struct PrefixIndex {
 
 impl std::fmt::Debug for PrefixIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrefixIndex").field("blocks", &self.len()).finish()
+        f.debug_struct("PrefixIndex")
+            .field("blocks", &self.len())
+            .finish()
     }
 }
 
@@ -41,15 +43,6 @@ impl Default for PrefixIndex {
     fn default() -> Self {
         Self::new(DEFAULT_BLOCKS)
     }
-}
-
-/// What the index knows of one prompt.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Match {
-    /// Leading blocks of the prompt this sidecar has sent anywhere before.
-    pub(crate) seen: usize,
-    /// Per endpoint asked about: the leading blocks it was sent.
-    pub(crate) held: Vec<usize>,
 }
 
 impl PrefixIndex {
@@ -77,24 +70,20 @@ impl PrefixIndex {
             .sum()
     }
 
-    /// How much of `blocks` this sidecar has sent before, and to which of `keys`.
-    pub(crate) fn lookup(&self, blocks: &[u64], keys: &[u64]) -> Match {
-        let mut m = Match {
-            seen: 0,
-            held: vec![0; keys.len()],
-        };
+    /// For each of `keys`, how many leading blocks of `blocks` this sidecar sent it.
+    pub(crate) fn lookup(&self, blocks: &[u64], keys: &[u64]) -> Vec<usize> {
+        let mut held = vec![0; keys.len()];
         for (depth, b) in blocks.iter().enumerate() {
             let Some(holders) = self.shard(*b).get(b).copied() else {
                 break;
             };
-            m.seen = depth + 1;
             for (j, k) in keys.iter().enumerate() {
                 if holders.contains(k) {
-                    m.held[j] = depth + 1;
+                    held[j] = depth + 1;
                 }
             }
         }
-        m
+        held
     }
 
     /// `blocks` were sent to the endpoint `key`.
@@ -102,7 +91,10 @@ impl PrefixIndex {
         for b in blocks {
             let mut shard = self.shard(*b);
             let holders = shard.get_or_insert_mut(*b, || [0; HOLDERS]);
-            let at = holders.iter().position(|h| *h == key).unwrap_or(HOLDERS - 1);
+            let at = holders
+                .iter()
+                .position(|h| *h == key)
+                .unwrap_or(HOLDERS - 1);
             holders.copy_within(0..at, 1);
             holders[0] = key;
         }
@@ -125,10 +117,12 @@ mod tests {
         let (a, b) = (11, 22);
         index.record(&[1, 2, 3, 4], a);
         index.record(&[1, 2, 9], b);
-        let m = index.lookup(&[1, 2, 3, 5], &[a, b, 33]);
-        assert_eq!(m.seen, 3);
-        assert_eq!(m.held, vec![3, 2, 0]);
-        assert_eq!(index.lookup(&[7, 1], &[a]).seen, 0, "a chain starts at its first block");
+        assert_eq!(index.lookup(&[1, 2, 3, 5], &[a, b, 33]), vec![3, 2, 0]);
+        assert_eq!(
+            index.lookup(&[7, 1], &[a]),
+            vec![0],
+            "a chain starts at its first block"
+        );
     }
 
     #[test]
@@ -138,8 +132,10 @@ mod tests {
             index.record(&[42], key);
         }
         index.record(&[42], 4);
-        let m = index.lookup(&[42], &[1, 2, 3, 4, 5, 6]);
-        assert_eq!(m.held, vec![0, 0, 1, 1, 1, 1]);
+        assert_eq!(
+            index.lookup(&[42], &[1, 2, 3, 4, 5, 6]),
+            vec![0, 0, 1, 1, 1, 1]
+        );
     }
 
     #[test]
@@ -152,7 +148,7 @@ mod tests {
         assert!(index.len() <= cap, "{} blocks held", index.len());
         // The newest are kept.
         let newest = 99_999u64 * 7919;
-        assert_eq!(index.lookup(&[newest], &[99_999 % 5]).held, vec![1]);
+        assert_eq!(index.lookup(&[newest], &[99_999 % 5]), vec![1]);
     }
 
     #[test]

@@ -27,6 +27,11 @@ use crate::hash::{random_below, stable_hash};
 /// prefix spills to the next endpoint in its order instead of queueing on one.
 const LOAD_BOUND: f64 = 1.25;
 
+/// The leading blocks (about 1 KiB of prompt) that rank endpoints for a prompt: short enough
+/// that the requests of one system prompt share them, long enough to tell system prompts
+/// apart.
+const KEY_BLOCKS: usize = 4;
+
 /// Virtual nodes per endpoint on the consistent-hash ring.
 const RING_POINTS: u32 = 64;
 
@@ -291,21 +296,28 @@ impl Balancer {
     }
 }
 
-/// Each candidate's prefix score, 0..=1: the share of the prompt's blocks it was sent, or, for
-/// the one endpoint ranked first by [`rendezvous`] on the deepest block this sidecar has seen
-/// (the one every sidecar sends that prefix to first), that depth. A candidate over the load
-/// bound gets 0, which passes its prefixes to the next in their order.
-fn prefix_scores(a: Affinity<'_>, cands: &[usize], eps: &[Endpoint], loads: &[LoadView]) -> Vec<f64> {
+/// Each candidate's prefix score, 0..=1: the share of the prompt's blocks this sidecar sent
+/// it, or for the candidate ranked first by [`rendezvous`] on the prompt's leading blocks, at
+/// least those. Every sidecar ranks a prompt's leading blocks the same way, so the first
+/// request of a prefix goes to the same endpoint from all of them, and later ones follow the
+/// index. A candidate over the load bound gets 0 and the next in the order takes the rank, so a
+/// hot prefix spills the same way everywhere.
+fn prefix_scores(
+    a: Affinity<'_>,
+    cands: &[usize],
+    eps: &[Endpoint],
+    loads: &[LoadView],
+) -> Vec<f64> {
     let keys: Vec<u64> = cands.iter().map(|&i| eps[i].key).collect();
-    let m = a.index.lookup(a.blocks, &keys);
+    let held = a.index.lookup(a.blocks, &keys);
     let mean = loads.iter().map(|l| l.requests).sum::<f64>() / loads.len().max(1) as f64;
     let bound = LOAD_BOUND * mean + 1.0;
     let within = |j: usize| loads[j].requests <= bound;
-    let first = m.seen.checked_sub(1).and_then(|d| {
-        let block = a.blocks[d];
+    let depth = a.blocks.len().min(KEY_BLOCKS);
+    let first = depth.checked_sub(1).and_then(|d| {
         (0..cands.len())
             .filter(|&j| within(j))
-            .max_by_key(|&j| rendezvous(block, keys[j]))
+            .max_by_key(|&j| rendezvous(a.blocks[d], keys[j]))
     });
     let n = a.blocks.len() as f64;
     (0..cands.len())
@@ -313,8 +325,8 @@ fn prefix_scores(a: Affinity<'_>, cands: &[usize], eps: &[Endpoint], loads: &[Lo
             if !within(j) {
                 return 0.0;
             }
-            let hint = if Some(j) == first { m.seen } else { 0 };
-            m.held[j].max(hint) as f64 / n
+            let ranked = if Some(j) == first { depth } else { 0 };
+            held[j].max(ranked) as f64 / n
         })
         .collect()
 }

@@ -175,7 +175,12 @@ mod tests {
         let system = "Answer briefly. ".repeat(100);
         let a = Prompt::of(&chat(&system, "What is Rust?")).unwrap();
         let b = Prompt::of(&chat(&system, "Who wrote Dune?")).unwrap();
-        let shared = a.blocks.iter().zip(&b.blocks).take_while(|(x, y)| x == y).count();
+        let shared = a
+            .blocks
+            .iter()
+            .zip(&b.blocks)
+            .take_while(|(x, y)| x == y)
+            .count();
         // role, separator, content, end, then the user's role and separator are alike.
         let alike = "system".len() + 1 + system.len() + 1 + "user".len() + 1;
         assert_eq!(shared, alike / BLOCK);

@@ -69,7 +69,8 @@ impl Score {
 
 impl Scoring {
     fn saturated(&self, v: &LoadView) -> bool {
-        v.waiting.is_some_and(|w| w > self.max_waiting) || v.kv_usage.is_some_and(|k| k > self.max_kv)
+        v.waiting.is_some_and(|w| w > self.max_waiting)
+            || v.kv_usage.is_some_and(|k| k > self.max_kv)
     }
 
     /// The position in `loads` (and `prefix`, the same length) of the endpoint to use, and its
@@ -153,7 +154,10 @@ mod tests {
 
     #[test]
     fn the_less_loaded_endpoint_wins_without_a_prefix() {
-        let loads = [load(8.0, Some(0.0), Some(0.3)), load(2.0, Some(0.0), Some(0.3))];
+        let loads = [
+            load(8.0, Some(0.0), Some(0.3)),
+            load(2.0, Some(0.0), Some(0.3)),
+        ];
         let (j, s) = scoring().choose(&loads, &[0.0, 0.0]).unwrap();
         assert_eq!(j, 1);
         assert_eq!(s.queue(), 0.75, "{s:?}");
@@ -161,7 +165,10 @@ mod tests {
 
     #[test]
     fn a_held_prefix_outweighs_a_little_more_load() {
-        let loads = [load(3.0, Some(0.0), Some(0.4)), load(2.0, Some(0.0), Some(0.4))];
+        let loads = [
+            load(3.0, Some(0.0), Some(0.4)),
+            load(2.0, Some(0.0), Some(0.4)),
+        ];
         let (j, s) = scoring().choose(&loads, &[0.9, 0.0]).unwrap();
         assert_eq!(j, 0, "{s:?}");
         assert_eq!(s.prefix(), 0.9);
@@ -171,7 +178,10 @@ mod tests {
     fn saturated_endpoints_are_passed_over_unless_all_are() {
         let s = scoring();
         // The prefix holder is saturated: its queue is over 5, or its KV cache over 80 %.
-        for full in [load(1.0, Some(6.0), Some(0.1)), load(1.0, Some(0.0), Some(0.85))] {
+        for full in [
+            load(1.0, Some(6.0), Some(0.1)),
+            load(1.0, Some(0.0), Some(0.85)),
+        ] {
             let loads = [full, load(9.0, Some(0.0), Some(0.5))];
             let (j, sc) = s.choose(&loads, &[1.0, 0.0]).unwrap();
             assert_eq!(j, 1);

@@ -91,6 +91,11 @@ impl LocalModels {
         Serving { model, bytes }
     }
 
+    /// Whether `service` has a model here (a request was delivered to it).
+    pub(crate) fn contains(&self, service: &str) -> bool {
+        self.lock().contains_key(service)
+    }
+
     /// Forgets the models of services this pod no longer serves (nothing in flight there).
     pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.lock()
@@ -131,7 +136,10 @@ impl LocalModel {
     }
 
     fn scraped(&self) -> Option<Scraped> {
-        self.engine.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A new reading of the engine; the hit rate is taken against the one before.
@@ -162,7 +170,10 @@ mod tests {
         let b = models.enter("llm", 400);
         let now = Instant::now();
         let r = models.model("llm").report(now);
-        assert_eq!((r.in_flight, r.prompt_tokens, r.kv_usage), (Some(2.0), Some(1100.0), None));
+        assert_eq!(
+            (r.in_flight, r.prompt_tokens, r.kv_usage),
+            (Some(2.0), Some(1100.0), None)
+        );
         drop(a);
         let load = EngineLoad {
             waiting: Some(3.0),
@@ -181,11 +192,17 @@ mod tests {
         };
         m.scraped_now(Engine::Vllm, later, now);
         let r = m.report(now);
-        assert_eq!((r.in_flight, r.waiting, r.kv_usage), (Some(1.0), Some(3.0), Some(0.5)));
+        assert_eq!(
+            (r.in_flight, r.waiting, r.kv_usage),
+            (Some(1.0), Some(3.0), Some(0.5))
+        );
         assert_eq!(r.prefix_hit_rate, Some(0.6));
         // A reading too old is left out: the counts alone.
         let r = m.report(now + ENGINE_FRESH_FOR);
-        assert_eq!((r.in_flight, r.waiting, r.kv_usage), (Some(1.0), None, None));
+        assert_eq!(
+            (r.in_flight, r.waiting, r.kv_usage),
+            (Some(1.0), None, None)
+        );
         drop(b);
         models.retain(|_| false);
         assert!(models.reports(now).is_empty());

@@ -1,5 +1,6 @@
 //! Reading the local engines' metrics: every [`INTERVAL`] (jittered, so the pods of a pool do
-//! not scrape in step), each service this pod serves whose `engine` names metrics gets one GET
+//! not scrape in step), each service this pod serves (its endpoints include this pod, or peers
+//! have delivered requests for it here) whose `engine` names metrics gets one GET
 //! of its metrics path over the service's own loopback connections. A reading that fails
 //! (unreachable, non-200, malformed, no load signal) is counted and logged at most once a
 //! minute per service; the last good one ages out of the reports after
@@ -68,9 +69,13 @@ pub(crate) async fn run(
             _ = stop.changed() => return,
         }
         let table = store.current();
-        models.retain(|name| table.service(name).is_some_and(|s| s.serves_locally));
-        for svc in table.services.iter().filter(|s| s.serves_locally) {
-            let Some(configured) = svc.engine else { continue };
+        models.retain(|name| table.service(name).is_some());
+        // Served here: this pod is an endpoint, or peers deliver to it.
+        let here = |s: &&Arc<Service>| s.serves_locally || models.contains(&s.name);
+        for svc in table.services.iter().filter(here) {
+            let Some(configured) = svc.engine else {
+                continue;
+            };
             if configured == infermesh_crds::mesh::Engine::Generic {
                 continue;
             }
