@@ -107,7 +107,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         default_rtt: opts.ewma_default_rtt,
         decay: opts.ewma_decay,
     };
-    let store = Arc::new(ConfigStore::new(metrics, opts.pod_ip, ewma));
+    let store = Arc::new(ConfigStore::new(metrics, opts.pod_ip, ewma).with_model_host(opts.model_host));
     let (shutdown, rx) = watch::channel(false);
     let (admin_stop, admin_rx) = watch::channel(false);
     let mut background = JoinSet::new();

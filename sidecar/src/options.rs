@@ -92,6 +92,10 @@ pub struct Options {
     /// This pod's IP: endpoints at it are delivered to the local model directly.
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<IpAddr>,
+    /// Address of the local model: the pod's loopback. Several "pods" on one host (the
+    /// benchmarks) give each its own loopback address, 127.0.0.0/8 being all local.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub model_host: IpAddr,
     /// Grace period for in-flight requests on SIGTERM/SIGINT.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -36,6 +36,8 @@ pub(crate) struct CompileContext<'a> {
     pub(crate) metrics: &'a Metrics,
     /// This pod's IP: endpoints at this IP are delivered to locally.
     pub(crate) pod_ip: Option<IpAddr>,
+    /// Where the local model listens (127.0.0.1 in a pod).
+    pub(crate) model_host: IpAddr,
     pub(crate) ewma: EwmaPolicy,
     pub(crate) now: Instant,
 }
@@ -130,7 +132,7 @@ fn compile_service(
     }
 
     let old = previous.service(&name.to_ascii_lowercase());
-    let local_authority = Authority::try_from(format!("127.0.0.1:{}", s.port).as_str())
+    let local_authority = Authority::try_from(SocketAddr::new(cx.model_host, s.port).to_string().as_str())
         .map_err(|e| format!("port: {e}"))?;
     // Idle connections survive a reload as long as their address does.
     let local = match old {

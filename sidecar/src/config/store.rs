@@ -23,6 +23,7 @@ pub(crate) struct ConfigStore {
     writer: Mutex<()>,
     pub(crate) metrics: Arc<Metrics>,
     pod_ip: Option<IpAddr>,
+    model_host: IpAddr,
     ewma: EwmaPolicy,
 }
 
@@ -34,8 +35,15 @@ impl ConfigStore {
             writer: Mutex::new(()),
             metrics,
             pod_ip,
+            model_host: IpAddr::from([127, 0, 0, 1]),
             ewma,
         }
+    }
+
+    /// The local model listens on `host` instead of 127.0.0.1 (`--model-host`).
+    pub(crate) fn with_model_host(mut self, host: IpAddr) -> Self {
+        self.model_host = host;
+        self
     }
 
     /// A snapshot for one request; do not hold it across an await.
@@ -83,6 +91,7 @@ impl ConfigStore {
         let cx = CompileContext {
             metrics: &self.metrics,
             pod_ip: self.pod_ip,
+            model_host: self.model_host,
             ewma: self.ewma,
             now: Instant::now(),
         };

@@ -7,6 +7,7 @@ fn cx(m: &Metrics) -> CompileContext<'_> {
     CompileContext {
         metrics: m,
         pod_ip: Some("10.0.0.2".parse().unwrap()),
+        model_host: [127, 0, 0, 1].into(),
         ewma: EwmaPolicy::default(),
         now: Instant::now(),
     }
@@ -41,6 +42,23 @@ async fn compiles_hosts_routes_and_local_endpoints() {
     assert!(!eps[1].meshed);
     assert_eq!(eps[1].conns.authority().as_str(), "127.0.0.1:8000");
     assert_eq!(s.variants[0].routed, "llm/stable");
+}
+
+/// `--model-host`: local delivery, and this pod's own endpoint, go to that address.
+#[tokio::test]
+async fn the_local_model_is_reached_at_the_model_host() {
+    let m = Metrics::new();
+    let cx = CompileContext {
+        model_host: [127, 0, 0, 22].into(),
+        ..cx(&m)
+    };
+    let t = compile(parse(BASE), &RoutingTable::empty(), &cx);
+    let s = t.service("llm").unwrap();
+    assert_eq!(s.local.authority().as_str(), "127.0.0.22:8000");
+    assert_eq!(
+        s.variants[0].endpoints[1].conns.authority().as_str(),
+        "127.0.0.22:8000"
+    );
 }
 
 /// BASE with a second, valid service `other` beside `llm`.
