@@ -18,6 +18,8 @@ Workloads (seeded, deterministic, the same list and Poisson arrival schedule for
   b  no sharing: distinct prompts, 60 % short (~100 tokens), 40 % long (1.5k-3k tokens).
 Offered load: open-loop Poisson at --load (0.85) x the capacity measured by a short closed-loop
 calibration through LeastRequest (concurrency steps, best completed req/s), unless --rate-a/-b.
+The calibration is short and CPU-sensitive (two runs here: 8.7 and 11.5 req/s on workload a): to
+compare runs with each other, give the rates (--rate-a/--rate-b, the JSON keeps the ones used).
 Between runs every process is restarted (fresh caches). Every wait is bounded; every process
 started is stopped on exit, also on failure or Ctrl-C.
 """
