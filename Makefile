@@ -8,7 +8,7 @@ KUBECONFIG_PATH := $(CURDIR)/build/cluster/kubeconfig
 export PATH := $(CURDIR)/build/bin:/usr/local/go/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: help deps demo demo-llm llama-server test unit lint e2e cluster-up cluster-down cluster-status kubeconfig \
-	manifests bench bench-hardening bench-pools images verify-down kind-e2e
+	manifests bench bench-hardening bench-pools bench-inference images verify-down kind-e2e
 
 help:
 	@echo "make demo          local cluster, infermesh installed, a 90/10 canary split measured, then 50/50"
@@ -25,6 +25,7 @@ help:
 	@echo "make bench         run the benchmarks (hack/bench.sh)"
 	@echo "make bench-hardening  memory and CPU under hostile clients (bench/hardening.py)"
 	@echo "make bench-pools   a pool of simulators (fast, slow, small KV) and llama-servers: TTFT cold and cached"
+	@echo "make bench-inference  4 simulators behind sidecars: balancing policies side by side, shared prefixes and not"
 
 deps:
 	@hack/install-deps.sh
@@ -105,3 +106,8 @@ bench-pools: deps
 	cargo build --release --locked -p infermesh-model-server
 	hack/llama-server.sh
 	python3 bench/pools.py --sim fast --sim slow:--step-base-us=40000 --sim small-kv:--kv-blocks=300 --llama 2
+
+bench-inference:
+	cargo build --release --locked -p infermesh-sidecar -p infermesh-model-server
+	mkdir -p build/bench
+	python3 bench/inference.py --json build/bench/inference-$$(date +%Y%m%d-%H%M%S).json $(ARGS)

@@ -61,9 +61,13 @@ class Sim:
 
     name: str
     flags: tuple = ()
+    address: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    env: dict = None  # extra environment (e.g. HOSTNAME, the pod name it reports)
 
-    def __init__(self, name, *flags):
+    def __init__(self, name, *flags, address="127.0.0.1", port=0, env=None):
         self.name, self.flags = name, tuple(flags)
+        self.address, self.port, self.env = address, port, env
 
 
 @dataclass
@@ -83,10 +87,11 @@ class Endpoint:
     port: int
     proc: subprocess.Popen = field(repr=False)
     log: Path = field(repr=False)
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
@@ -124,10 +129,10 @@ class Pool:
             if sims:
                 binary = simulator_binary(model_server)
             for s in sims:
-                port = free_port()
-                argv = [str(binary), "--address", "127.0.0.1", "--port", str(port),
+                port = s.port or free_port()
+                argv = [str(binary), "--address", s.address, "--port", str(port),
                         "--version", s.name, "--model", "pool", *s.flags]
-                pool._spawn(s.name, "sim", port, argv)
+                pool._spawn(s.name, "sim", port, argv, host=s.address, env=s.env)
             for l in llamas:
                 if not (LLAMA.exists() and MODEL.exists()):
                     sys.exit("no llama-server or model in build/: run hack/llama-server.sh")
@@ -144,11 +149,12 @@ class Pool:
             raise
         return pool
 
-    def _spawn(self, name, kind, port, argv):
+    def _spawn(self, name, kind, port, argv, host="127.0.0.1", env=None):
         log = self.work / f"{name}.log"
         with open(log, "wb") as f:
-            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
-        self.endpoints.append(Endpoint(name, kind, port, proc, log))
+            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **env} if env else None)
+        self.endpoints.append(Endpoint(name, kind, port, proc, log, host))
 
     @staticmethod
     def _wait_healthy(e, deadline):
