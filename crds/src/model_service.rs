@@ -206,6 +206,13 @@ pub struct Variant {
     /// a variant with weight 0 only receives traffic through routes.
     #[schemars(range(min = 0, max = 100))]
     pub weight: i32,
+
+    /// Sets the `model` of OpenAI-shaped JSON requests sent to this variant, e.g. the name of a
+    /// LoRA adapter its engine serves (as the Gateway API Inference Extension's model rewrite).
+    /// Bodies over 256 KiB, or not JSON, go unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub model_rewrite: Option<String>,
 }
 
 /// A route: requests matching `match` go to `variant`, before the weighted split.
@@ -230,8 +237,8 @@ pub struct Route {
 
 /// Conditions of a route; all must hold (AND). At least one header match or a path prefix.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("(has(self.headers) && size(self.headers) > 0) || has(self.pathPrefix)")
-    .message("a route match needs at least one header match or a pathPrefix"))]
+#[x_kube(validation = Rule::new("(has(self.headers) && size(self.headers) > 0) || has(self.pathPrefix) || has(self.model)")
+    .message("a route match needs at least one header match, a pathPrefix or a model"))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteMatch {
     /// Header conditions, all of which must hold. At most 16.
@@ -243,6 +250,12 @@ pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
     pub path_prefix: Option<String>,
+
+    /// The `model` of an OpenAI-shaped JSON request body equals this, e.g. summarizer. Bodies
+    /// over 256 KiB, or not JSON, match no model route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub model: Option<String>,
 }
 
 /// A condition on one request header: exactly one of `exact`, `prefix` or `regex`.

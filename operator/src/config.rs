@@ -65,6 +65,11 @@ pub fn service_config(ms: &ModelService, resolved: &[ResolvedVariant]) -> Servic
                 name: v.name.clone(),
                 weight: u32::try_from(v.weight).unwrap_or(0),
                 endpoints: v.endpoints.clone(),
+                model_rewrite: spec
+                    .variants
+                    .iter()
+                    .find(|sv| sv.name == v.name)
+                    .and_then(|sv| sv.model_rewrite.clone()),
             })
             .collect(),
         routes: spec.routes.iter().map(route).collect(),
@@ -146,6 +151,7 @@ fn route(r: &api::Route) -> RouteConfig {
             })
             .collect(),
         path_prefix: r.match_.path_prefix.clone(),
+        model: r.match_.model.clone(),
         variant: r.variant.clone(),
     }
 }
@@ -217,6 +223,7 @@ mod tests {
                     regex: None,
                 }],
                 path_prefix: Some("/v1".into()),
+                model: None,
             },
             variant: "canary".into(),
         }];

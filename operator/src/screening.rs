@@ -186,6 +186,7 @@ mod tests {
                 value: HeaderValueMatch::Regex("([a-z".into()),
             }],
             path_prefix: None,
+            model: None,
             variant: "stable".into(),
         }];
         e

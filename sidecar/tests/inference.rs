@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 /// A model server that answers `/metrics` with `metrics` (changeable) and every other path
-/// with 200 and `x-model-version: version`.
+/// with 200, `x-model-version: version` and the request body it received.
 async fn engine(version: &'static str, metrics: Arc<Mutex<String>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -34,16 +34,16 @@ async fn engine(version: &'static str, metrics: Arc<Mutex<String>>) -> SocketAdd
                     let metrics = metrics.clone();
                     async move {
                         let path = req.uri().path().to_owned();
-                        let _ = req.into_body().collect().await;
+                        let received = req.into_body().collect().await.unwrap().to_bytes();
                         let body = if path == "/metrics" {
-                            metrics.lock().unwrap().clone()
+                            Bytes::from(metrics.lock().unwrap().clone())
                         } else {
-                            version.to_owned()
+                            received
                         };
                         Ok::<_, Infallible>(
                             Response::builder()
                                 .header("x-model-version", version)
-                                .body(Full::new(Bytes::from(body)))
+                                .body(Full::new(body))
                                 .unwrap(),
                         )
                     }
@@ -240,4 +240,40 @@ async fn bodies_without_a_prompt_are_routed_without_affinity() {
                 .contains("prefix=0.000")
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_route_picks_its_variant_and_the_rewrite_reaches_the_model() {
+    let none = Arc::new(Mutex::new(String::new()));
+    let base = engine("base", none.clone()).await;
+    let lora = engine("lora", none).await;
+    let s = sidecar(
+        &json!({"services": [{"name": "llm", "port": 1,
+            "routes": [{"model": "summarizer", "variant": "lora"}],
+            "variants": [
+                {"name": "base", "weight": 100, "endpoints": [{"address": base.to_string()}]},
+                {"name": "lora", "weight": 0, "modelRewrite": "sql-lora",
+                 "endpoints": [{"address": lora.to_string()}]}]}]})
+        .to_string(),
+    )
+    .await;
+    let asked = br#"{"model": "summarizer", "messages": [{"role": "user", "content": "sum up"}]}"#;
+    let r = chat(s.sidecar.inbound, asked.to_vec()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version(), Some("lora"));
+    assert_eq!(
+        &r.body[..],
+        br#"{"model": "sql-lora", "messages": [{"role": "user", "content": "sum up"}]}"#,
+        "only the model changed"
+    );
+    let other = br#"{"model":"base-7b","messages":[]}"#;
+    let r = chat(s.sidecar.inbound, other.to_vec()).await;
+    assert_eq!(r.version(), Some("base"));
+    assert_eq!(&r.body[..], &other[..], "byte for byte");
+    // Not JSON: no model, the weights decide, the body passes unchanged.
+    let r = chat(s.sidecar.inbound, b"summarizer".to_vec()).await;
+    assert_eq!(
+        (r.version(), &r.body[..]),
+        (Some("base"), &b"summarizer"[..])
+    );
 }

@@ -166,6 +166,10 @@ pub struct VariantConfig {
     /// Ready endpoints of the variant.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// The `model` of a JSON request body is set to this before it goes to the variant (e.g. a
+    /// LoRA adapter's name), so one ModelService can serve a base model and adapters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_rewrite: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +195,9 @@ pub struct RouteConfig {
     pub headers: Vec<HeaderMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// The request body's `model` (OpenAI-shaped JSON) equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Variant that takes matching requests.
     pub variant: String,
 }

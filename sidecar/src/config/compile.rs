@@ -127,6 +127,7 @@ fn compile_service(
         routes.push(Route {
             headers,
             path_prefix: rc.path_prefix.clone(),
+            model: rc.model.clone(),
             variant,
         });
     }
@@ -184,6 +185,8 @@ fn compile_service(
         outlier_detection: s.outlier_detection.clone(),
         metrics: cx.metrics.service(name),
         serves_locally: variants_serve_locally,
+        reads_model: s.routes.iter().any(|r| r.model.is_some())
+            || s.variants.iter().any(|v| v.model_rewrite.is_some()),
         engine: s.engine,
         reports_load: s.engine.is_some()
             || s.load_balancing.policy == LoadBalancingPolicy::InferenceAware,
@@ -257,6 +260,7 @@ fn compile_variant(
         ),
         endpoints,
         routed,
+        model_rewrite: v.model_rewrite.clone(),
         metrics: cx.metrics.variant(&s.name, &v.name),
     })
 }

@@ -63,6 +63,9 @@ pub(crate) struct Service {
     /// Overrides of the sidecar's ejection policy.
     pub(crate) outlier_detection: OutlierDetectionConfig,
     pub(crate) metrics: ServiceMetrics,
+    /// Routes match on the body's `model` or variants rewrite it: the body is read before the
+    /// variant is chosen.
+    pub(crate) reads_model: bool,
     /// This pod is an endpoint of the service: its model's load is read and reported here.
     pub(crate) serves_locally: bool,
     /// The model server, whose metrics give the load.
@@ -81,6 +84,8 @@ pub(crate) struct Variant {
     /// The target named in the `x-infermesh-routed` marker sent to meshed peers:
     /// `<service>/<variant>` (DNS labels, so header-safe).
     pub(crate) routed: String,
+    /// The `model` JSON bodies sent to this variant get.
+    pub(crate) model_rewrite: Option<String>,
     pub(crate) metrics: VariantMetrics,
 }
 

@@ -82,13 +82,36 @@ impl Replay {
     }
 }
 
+/// The request body as the try loop gets it: as it arrives, or already read (for model routes
+/// and rewrites, before the variant was chosen).
+pub(crate) enum Input {
+    Incoming(Incoming),
+    /// Boxed: a request's future carries one pointer for it.
+    Prepared(Box<Prepared>),
+}
+
+impl Input {
+    /// The body as the tries send it, unless it still has to be read (`Err`): read when
+    /// `wanted`, else streamed.
+    fn ready(self, wanted: bool, idle: Duration) -> Result<Prepared, Incoming> {
+        match self {
+            Input::Prepared(p) => Ok(*p),
+            Input::Incoming(b) if wanted => Err(b),
+            Input::Incoming(b) => Ok(Prepared::Stream(
+                RequestBody::streamed(b, idle),
+                Unreplayable::NotAsked,
+            )),
+        }
+    }
+}
+
 impl Attempts<'_> {
     /// Tries until a response head is to be returned or no try is left; what the returned try
     /// holds goes to `guard`.
     pub(crate) async fn run(
         self,
         head: &mut Parts,
-        body: Incoming,
+        body: Input,
         guard: &mut RequestGuard,
     ) -> Result<Response<Incoming>, ProxyError> {
         let (svc, variant) = (self.svc, self.variant);
@@ -107,43 +130,44 @@ impl Attempts<'_> {
         if policy.attempts > 1 {
             svc.budget.deposit(Instant::now());
         }
-        let (replay, mut once) = if policy.attempts > 1 || variant.balancer.wants_prompt() {
-            match body::prepare(body, up.body_idle, &up.replay)
+        let wants_read = policy.attempts > 1 || variant.balancer.wants_prompt();
+        let prepared = match body.ready(wants_read, up.body_idle) {
+            Ok(p) => p,
+            // Boxed: a request waiting for a slot or a response does not carry the read's state,
+            // and the body is being buffered anyway.
+            Err(b) => Box::pin(body::prepare(b, up.body_idle, &up.replay))
                 .await
-                .map_err(|e| ProxyError::from(&e))?
-            {
-                Prepared::Buffered {
-                    data,
-                    trailers,
-                    hold,
-                } => {
-                    let prompt = variant
-                        .balancer
-                        .wants_prompt()
-                        .then(|| Prompt::of(&data))
-                        .flatten();
-                    (
-                        Some(Box::new(Replay {
-                            data,
-                            trailers,
-                            _hold: hold,
-                            prompt,
-                        })),
-                        None,
-                    )
-                }
-                Prepared::Stream(b, why) => {
-                    if why == Unreplayable::PoolFull {
-                        svc.metrics.replay_pool_full.inc();
-                    }
-                    (None, Some(b))
-                }
+                .map_err(|e| ProxyError::from(&e))?,
+        };
+        let (replay, mut once) = match prepared {
+            Prepared::Buffered {
+                data,
+                trailers,
+                hold,
+            } => {
+                let prompt = variant
+                    .balancer
+                    .wants_prompt()
+                    .then(|| Prompt::of(&data))
+                    .flatten();
+                (
+                    Some(Box::new(Replay {
+                        data,
+                        trailers,
+                        _hold: hold,
+                        prompt,
+                    })),
+                    None,
+                )
             }
-        } else {
-            (None, Some(RequestBody::streamed(body, up.body_idle)))
+            Prepared::Stream(b, why) => {
+                if why == Unreplayable::PoolFull {
+                    svc.metrics.replay_pool_full.inc();
+                }
+                (None, Some(b))
+            }
         };
 
-        let head_timeout = min_opt(policy.per_try_timeout, svc.timeouts.first_byte);
         let mut tried = Tried::default();
         let mut attempt: u32 = 0;
         // A retry's endpoint is chosen before deciding to retry (see below).
@@ -207,7 +231,8 @@ impl Attempts<'_> {
                 }
                 let sent = Instant::now();
                 let outcome = within_opt(
-                    head_timeout,
+                    // Computed per try, not kept: every waiting request carries its locals.
+                    min_opt(policy.per_try_timeout, svc.timeouts.first_byte),
                     self.proxy.upstream.send(svc.protocol, &ep.conns, req),
                 )
                 .await;

@@ -35,7 +35,7 @@ use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use self::attempts::Attempts;
+use self::attempts::{Attempts, Input};
 use self::body::ResponseBody;
 use self::errors::{ProxyError, error_chain};
 use self::guard::RequestGuard;
@@ -47,9 +47,10 @@ use crate::detach;
 use crate::endpoint::state::{EjectionPolicy, EwmaPolicy};
 use crate::load::orca;
 use crate::routing::affinity::PrefixIndex;
+use crate::routing::prompt::Model;
 use crate::serving::LocalModels;
 use crate::trust::{MAX_HOPS, Trust};
-use crate::upstream::body::{RequestBody, client_fault};
+use crate::upstream::body::{Prepared, RequestBody, client_fault};
 use crate::upstream::forward::{self, ROUTED, Upstream};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +142,18 @@ impl Proxy {
                 Err(e) => return e.into_response(),
             }
         };
-        let Some(vi) = svc.router.select(head.uri.path(), &head.headers) else {
+        // Model routes and rewrites read the body first (boxed: only those requests carry the
+        // read's state).
+        let (body, vi) = if svc.reads_model {
+            match Box::pin(self.by_model(&svc, head, body)).await {
+                Ok(chosen) => chosen,
+                Err(e) => return e.into_response(),
+            }
+        } else {
+            let vi = svc.router.select(head.uri.path(), &head.headers, None);
+            (Input::Incoming(body), vi)
+        };
+        let Some(vi) = vi else {
             return ProxyError::NoVariant(svc.name.clone()).into_response();
         };
         let mut guard = RequestGuard::new(svc.clone(), Some(vi));
@@ -158,6 +170,30 @@ impl Proxy {
         };
         let result = until(deadline, attempts.run(head, body, &mut guard)).await;
         respond(result, guard, deadline)
+    }
+
+    /// Steps 3 for a service whose routes match the body's `model` or whose variants rewrite
+    /// it: the body read (bounded, as for retries), the variant chosen with its model, and the
+    /// chosen variant's rewrite applied. The read body goes on to the tries.
+    async fn by_model(
+        &self,
+        svc: &Service,
+        head: &mut Parts,
+        body: Incoming,
+    ) -> Result<(Input, Option<usize>), ProxyError> {
+        let up = &self.upstream;
+        let p = crate::upstream::body::prepare(body, up.body_idle, &up.replay)
+            .await
+            .map_err(|e| ProxyError::from(&e))?;
+        let model = p.data().and_then(Model::of);
+        let name = model.as_ref().map(|m| m.name.as_str());
+        let vi = svc.router.select(head.uri.path(), &head.headers, name);
+        let rewrite = vi.and_then(|v| svc.variants[v].model_rewrite.as_deref());
+        let p = match (model, rewrite) {
+            (Some(m), Some(to)) if m.name != to => rewrite_model(p, &m, to, head),
+            _ => p,
+        };
+        Ok((Input::Prepared(Box::new(p)), vi))
     }
 
     /// Step 1: what to do with a request a peer marked `x-infermesh-routed`. Delivered locally
@@ -268,6 +304,18 @@ impl Proxy {
         let result = until(deadline, send).await;
         respond(result, guard, deadline)
     }
+}
+
+/// The read body with its `model` set to `to` (a variant's `modelRewrite`); the rest of its
+/// bytes as the client sent them.
+fn rewrite_model(p: Prepared, m: &Model, to: &str, head: &mut Parts) -> Prepared {
+    let Some(data) = p.data() else { return p };
+    let new = m.rewrite(data, to);
+    if head.headers.contains_key(http::header::CONTENT_LENGTH) {
+        head.headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(new.len()));
+    }
+    p.replaced(new)
 }
 
 /// Step 6: the upstream response streamed back, or the error's response.

@@ -9,6 +9,10 @@
 //! same request differently still agree. The body itself is never changed.
 
 use std::borrow::Cow;
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::value::RawValue;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -126,6 +130,47 @@ impl Chain {
     }
 }
 
+/// The `model` of a JSON request body, and where its value lies in the body, so a variant's
+/// `modelRewrite` replaces those bytes alone and leaves the rest as the client sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Model {
+    pub(crate) name: String,
+    /// The quoted JSON string in the body.
+    span: Range<usize>,
+}
+
+#[derive(Deserialize)]
+struct ModelOnly<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+}
+
+impl Model {
+    /// The body's `model`, if it is a JSON object of at most [`MAX_BODY`] bytes with a string
+    /// `model`.
+    pub(crate) fn of(body: &[u8]) -> Option<Model> {
+        if body.len() > MAX_BODY {
+            return None;
+        }
+        let raw = serde_json::from_slice::<ModelOnly<'_>>(body).ok()?.model?;
+        let name: String = serde_json::from_str(raw.get()).ok()?;
+        // The raw value borrows from `body`: its offset there is the distance of the pointers.
+        let start = (raw.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+        let span = start..start + raw.get().len();
+        (body.get(span.clone())? == raw.get().as_bytes()).then_some(Model { name, span })
+    }
+
+    /// `body` with its model set to `to`.
+    pub(crate) fn rewrite(&self, body: &[u8], to: &str) -> Bytes {
+        let quoted = serde_json::to_string(to).unwrap_or_else(|_| "\"\"".into());
+        let mut out = BytesMut::with_capacity(body.len() + quoted.len());
+        out.put_slice(&body[..self.span.start]);
+        out.put_slice(quoted.as_bytes());
+        out.put_slice(&body[self.span.end..]);
+        out.freeze()
+    }
+}
+
 impl Prompt {
     /// The prompt of `body`, if it is a JSON object with `messages` or `prompt` and at most
     /// [`MAX_BODY`] bytes; anything else has none (and is routed without affinity).
@@ -219,7 +264,42 @@ mod tests {
         assert_eq!(Prompt::of(&big), None, "over the size bound");
     }
 
+    #[test]
+    fn a_rewrite_changes_the_model_and_nothing_else() {
+        let body = br#"{ "messages": [{"role":"user","content":"a \"model\": x"}],  "model" : "base", "n": 1}"#;
+        let m = Model::of(body).unwrap();
+        assert_eq!(m.name, "base");
+        let out = m.rewrite(body, "sql-lora");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{ "messages": [{"role":"user","content":"a \"model\": x"}],  "model" : "sql-lora", "n": 1}"#
+        );
+        let escaped = br#"{"model":"caf\u00e9"}"#;
+        assert_eq!(Model::of(escaped).unwrap().name, "café");
+        assert_eq!(
+            &Model::of(escaped).unwrap().rewrite(escaped, "a\"b")[..],
+            br#"{"model":"a\"b"}"#
+        );
+        for none in [&b"{}"[..], br#"{"model":7}"#, b"nope", br#"{"model":"#] {
+            assert_eq!(Model::of(none), None);
+        }
+    }
+
     proptest! {
+        #[test]
+        fn a_rewritten_body_is_the_same_json_with_the_new_model(
+            model in "[ -~]{0,20}", to in "[ -~]{0,20}", pad in " {0,3}"
+        ) {
+            let body = format!(r#"{{"stream":true,{pad}"model":{pad}{},"x":[1,{{"model":"inner"}}]}}"#,
+                serde_json::to_string(&model).unwrap());
+            let m = Model::of(body.as_bytes()).unwrap();
+            prop_assert_eq!(&m.name, &model);
+            let out: serde_json::Value = serde_json::from_slice(&m.rewrite(body.as_bytes(), &to)).unwrap();
+            let mut want: serde_json::Value = serde_json::from_str(&body).unwrap();
+            want["model"] = to.clone().into();
+            prop_assert_eq!(out, want);
+        }
+
         #[test]
         fn any_body_is_read_without_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = Prompt::of(&body);

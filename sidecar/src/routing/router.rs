@@ -35,9 +35,14 @@ impl Router {
 
     /// The variant for a request: routes first, then the sticky header, then the weighted
     /// schedule; `None` when no variant may serve it.
-    pub(crate) fn select(&self, path: &str, headers: &HeaderMap) -> Option<usize> {
+    pub(crate) fn select(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        model: Option<&str>,
+    ) -> Option<usize> {
         for r in &self.routes {
-            if r.matches(path, headers) {
+            if r.matches(path, headers, model) {
                 return Some(r.variant);
             }
         }
@@ -72,16 +77,21 @@ impl ValueMatch {
 pub(crate) struct Route {
     pub(crate) headers: Vec<(HeaderName, ValueMatch)>,
     pub(crate) path_prefix: Option<String>,
+    /// The request body's `model` equals this (see `prompt::Model`).
+    pub(crate) model: Option<String>,
     pub(crate) variant: usize,
 }
 
 impl Route {
-    /// All header matches hold (any value of a repeated header may satisfy one) and the path starts
-    /// with the prefix.
-    pub(crate) fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+    /// All header matches hold (any value of a repeated header may satisfy one), the path starts
+    /// with the prefix, and the body's model is the route's.
+    pub(crate) fn matches(&self, path: &str, headers: &HeaderMap, model: Option<&str>) -> bool {
         if let Some(p) = &self.path_prefix
             && !path.starts_with(p.as_str())
         {
+            return false;
+        }
+        if self.model.is_some() && self.model.as_deref() != model {
             return false;
         }
         self.headers.iter().all(|(name, m)| {
@@ -238,30 +248,51 @@ mod tests {
                 ),
             ],
             path_prefix: Some("/v1/".into()),
+            model: None,
             variant: 1,
         };
         let mut h = HeaderMap::new();
         h.insert("x-user", HeaderValue::from_static("beta"));
         h.insert("x-model", HeaderValue::from_static("llama-3"));
-        assert!(r.matches("/v1/completions", &h));
-        assert!(!r.matches("/v2/completions", &h));
+        assert!(r.matches("/v1/completions", &h, None));
+        assert!(!r.matches("/v2/completions", &h, None));
         h.insert("x-model", HeaderValue::from_static("llama-3b"));
-        assert!(!r.matches("/v1/completions", &h));
+        assert!(!r.matches("/v1/completions", &h, None));
         h.insert("x-model", HeaderValue::from_static("llama-70"));
         h.append("x-user", HeaderValue::from_static("other"));
-        assert!(r.matches("/v1/x", &h), "any value of a repeated header");
+        assert!(
+            r.matches("/v1/x", &h, None),
+            "any value of a repeated header"
+        );
         h.remove("x-user");
-        assert!(!r.matches("/v1/x", &h));
+        assert!(!r.matches("/v1/x", &h, None));
         let p = Route {
             headers: vec![(
                 HeaderName::from_static("x-user"),
                 ValueMatch::Prefix(b"team-".to_vec()),
             )],
             path_prefix: None,
+            model: None,
             variant: 0,
         };
         h.insert("x-user", HeaderValue::from_static("team-a"));
-        assert!(p.matches("/", &h));
+        assert!(p.matches("/", &h, None));
+        let m = Route {
+            headers: vec![],
+            path_prefix: None,
+            model: Some("summarizer".into()),
+            variant: 1,
+        };
+        assert!(m.matches("/v1/chat/completions", &h, Some("summarizer")));
+        assert!(!m.matches("/v1/chat/completions", &h, Some("base")));
+        assert!(
+            !m.matches("/v1/chat/completions", &h, None),
+            "no body model, no match"
+        );
+        assert!(
+            p.matches("/", &h, Some("anything")),
+            "routes without a model ignore it"
+        );
     }
 }
 
@@ -287,15 +318,15 @@ mod props {
             let name = HeaderName::from_static("x-match");
             let mut h = HeaderMap::new();
             h.insert(&name, HeaderValue::from_bytes(&value).unwrap());
-            let route = |m| Route { headers: vec![(name.clone(), m)], path_prefix: Some(prefix.clone()), variant: 0 };
+            let route = |m| Route { headers: vec![(name.clone(), m)], path_prefix: Some(prefix.clone()), model: None, variant: 0 };
             let on_path = path.starts_with(prefix.as_str());
-            prop_assert_eq!(route(ValueMatch::Exact(want.clone())).matches(&path, &h), on_path && value == want);
-            prop_assert_eq!(route(ValueMatch::Prefix(want.clone())).matches(&path, &h), on_path && value.starts_with(&want));
+            prop_assert_eq!(route(ValueMatch::Exact(want.clone())).matches(&path, &h, None), on_path && value == want);
+            prop_assert_eq!(route(ValueMatch::Prefix(want.clone())).matches(&path, &h, None), on_path && value.starts_with(&want));
             if let Ok(re) = Regex::new(&format!("^(?:{pattern})$")) {
-                let _ = route(ValueMatch::Regex(re)).matches(&path, &h);
+                let _ = route(ValueMatch::Regex(re)).matches(&path, &h, None);
             }
             // A missing header never matches.
-            prop_assert!(!route(ValueMatch::Prefix(Vec::new())).matches(&path, &HeaderMap::new()));
+            prop_assert!(!route(ValueMatch::Prefix(Vec::new())).matches(&path, &HeaderMap::new(), None));
         }
     }
 }

@@ -64,6 +64,36 @@ pub(crate) enum Unreplayable {
     TooLarge,
     /// The sidecar-wide replay cap is reached (`ReplayPool`).
     PoolFull,
+    /// Nothing needed it read: no retries, no body-based routing.
+    NotAsked,
+}
+
+impl Prepared {
+    /// The whole body, when it was read.
+    pub(crate) fn data(&self) -> Option<&[u8]> {
+        match self {
+            Prepared::Buffered { data, .. } => Some(data),
+            Prepared::Stream(..) => None,
+        }
+    }
+
+    /// The read body with `new` in its place (a rewrite). The hold grows by the new length and
+    /// keeps counting the old one until the request ends: an over-count, never an under-count.
+    pub(crate) fn replaced(self, new: Bytes) -> Prepared {
+        match self {
+            Prepared::Buffered {
+                trailers, mut hold, ..
+            } => {
+                hold.grow(new.len());
+                Prepared::Buffered {
+                    data: new,
+                    trailers,
+                    hold,
+                }
+            }
+            streamed => streamed,
+        }
+    }
 }
 
 /// Reads a request body for replay, up to [`MAX_REPLAY`] and as far as `pool` has room; a body

@@ -99,6 +99,7 @@ fn with_bad_regex(mut ms: ModelService, generation: i64) -> ModelService {
                 regex: Some("([a-z".into()),
             }],
             path_prefix: None,
+            model: None,
         },
         variant: "stable".into(),
     }];
