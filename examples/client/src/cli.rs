@@ -70,6 +70,10 @@ pub struct LoadArgs {
     /// Exit 0 even when some requests failed.
     #[arg(long)]
     pub allow_errors: bool,
+    /// Vary the body: in request i, `{i}` becomes i and `{k}` becomes i modulo this (e.g. K
+    /// system prompts shared by many distinct questions).
+    #[arg(long, value_name = "K")]
+    pub vary: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +106,24 @@ pub struct RequestSpec {
     pub body: Option<Bytes>,
     /// Bound on the whole command.
     pub timeout: Duration,
+    /// `load --vary K`: request `i`'s body has `{i}` replaced by `i` and `{k}` by `i % K`.
+    pub vary: Option<u64>,
+}
+
+impl RequestSpec {
+    /// The spec of the `i`th request of a load: the body varied as `vary` says.
+    pub fn nth(&self, i: u64) -> std::borrow::Cow<'_, RequestSpec> {
+        let (Some(k), Some(body)) = (self.vary, &self.body) else {
+            return std::borrow::Cow::Borrowed(self);
+        };
+        let text = String::from_utf8_lossy(body)
+            .replace("{i}", &i.to_string())
+            .replace("{k}", &(i % k.max(1)).to_string());
+        std::borrow::Cow::Owned(RequestSpec {
+            body: Some(Bytes::from(text)),
+            ..self.clone()
+        })
+    }
 }
 
 /// Parses one `Name: value` header.
@@ -153,6 +175,7 @@ impl RequestArgs {
             headers,
             body,
             timeout: Duration::from_secs(self.timeout_secs),
+            vary: None,
         })
     }
 }
@@ -160,6 +183,24 @@ impl RequestArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_varied_load_gives_each_request_its_own_body() {
+        let args = RequestArgs {
+            url: "http://llm/v1/chat/completions".into(),
+            headers: vec![],
+            body: Some(r#"{"s":"system {k}","q":"question {i}"}"#.into()),
+            method: None,
+            timeout_secs: 5,
+        };
+        let mut spec = args.to_spec(None).unwrap();
+        assert_eq!(spec.nth(7).body, spec.body, "without --vary, one body");
+        spec.vary = Some(3);
+        assert_eq!(
+            spec.nth(7).body.as_deref(),
+            Some(&br#"{"s":"system 1","q":"question 7"}"#[..])
+        );
+    }
 
     fn parse(args: &[&str]) -> Command {
         Cli::try_parse_from(std::iter::once("infermesh-client").chain(args.iter().copied()))

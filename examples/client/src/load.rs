@@ -121,8 +121,12 @@ pub async fn run(
     for _ in 0..workers_wanted {
         let (client, spec, next, tx) = (client.clone(), spec.clone(), next.clone(), tx.clone());
         workers.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < requests {
-                if tx.send(one(&client, &spec).await).is_err() {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return;
+                }
+                if tx.send(one(&client, &spec.nth(i)).await).is_err() {
                     return;
                 }
             }

@@ -69,7 +69,8 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 {
         return Err(ArgError::Concurrency.into());
     }
-    let spec = args.request.to_spec(None)?;
+    let mut spec = args.request.to_spec(None)?;
+    spec.vary = args.vary;
     let summary = load::run(&transport::client(), &spec, args.requests, args.concurrency).await;
     let line = serde_json::to_string(&summary).context("cannot encode the summary")?;
     println!("{line}");
