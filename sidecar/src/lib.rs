@@ -28,6 +28,8 @@ mod config;
 mod trust;
 // This pod's models and the load they report:
 mod serving;
+// Idle peers asked for their load:
+mod peers;
 // The request path:
 mod request;
 // Listeners and the admin port:
@@ -141,6 +143,7 @@ pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
         local.clone(),
         rx.clone(),
     ));
+    background.spawn(peers::run(store.clone(), opts.peer_admin_port, rx.clone()));
     let proxy = Arc::new(Proxy {
         store: store.clone(),
         trust,

@@ -129,6 +129,9 @@ pub struct Options {
     /// list). Larger ones get 431 (HTTP/1.1) or a refused stream (HTTP/2).
     #[arg(long, default_value_t = 64 << 10, value_parser = header_cap)]
     pub max_header_bytes: usize,
+    /// The admin port of peer sidecars, where an idle peer is asked for its load (`/load`).
+    #[arg(long, default_value_t = 15020)]
+    pub peer_admin_port: u16,
     /// Prompt blocks (256 bytes each) the prefix index of InferenceAware remembers, over all
     /// services; about 80 bytes each.
     #[arg(long, default_value_t = crate::routing::affinity::DEFAULT_BLOCKS)]

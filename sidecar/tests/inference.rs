@@ -277,3 +277,67 @@ async fn a_model_route_picks_its_variant_and_the_rewrite_reaches_the_model() {
         (Some("base"), &b"summarizer"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_peer_is_asked_for_its_load_before_any_request() {
+    let busy = engine("busy", Arc::new(Mutex::new(vllm_metrics(12, 8, 0.95)))).await;
+    let free = engine("free", Arc::new(Mutex::new(vllm_metrics(0, 0, 0.0)))).await;
+    // The busy model's pod lists itself as the endpoint, so it reads its engine before any
+    // request reaches it.
+    let pod_cfg = |port: u16, me: Option<SocketAddr>| {
+        let endpoints: Vec<_> = me
+            .iter()
+            .map(|a| json!({"address": a.to_string(), "meshed": true}))
+            .collect();
+        json!({"services": [{"name": "llm", "port": port, "engine": "vLLM",
+            "variants": [{"name": "v", "weight": 100, "endpoints": endpoints}]}]})
+        .to_string()
+    };
+    // Each pod on a loopback address of its own, as pods have their own IPs.
+    let at = |ip: [u8; 4]| {
+        move |o: &mut infermesh_sidecar::Options| {
+            o.inbound = (ip, 0).into();
+            o.admin = (ip, 0).into();
+            o.pod_ip = Some(ip.into());
+        }
+    };
+    let busy_pod = sidecar_with(&pod_cfg(busy.port(), None), at([127, 0, 0, 2])).await;
+    write_config(
+        &busy_pod.config,
+        &pod_cfg(busy.port(), Some(busy_pod.sidecar.inbound)),
+    );
+    let free_pod = sidecar_with(&pod_cfg(free.port(), None), at([127, 0, 0, 3])).await;
+    let router = sidecar_with(
+        &json!({"services": [{"name": "llm", "port": 1,
+            "loadBalancing": {"policy": "InferenceAware"},
+            "variants": [{"name": "v", "weight": 100, "endpoints": [
+                {"address": busy_pod.sidecar.inbound.to_string(), "meshed": true},
+                {"address": free_pod.sidecar.inbound.to_string(), "meshed": true}]}]}]})
+        .to_string(),
+        // Only the busy pod's admin port is known here: the free one is never asked.
+        |o| o.peer_admin_port = busy_pod.sidecar.admin.port(),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let busy_view = loop {
+        let (_, load) = admin(&router.sidecar, "/load").await;
+        let load: serde_json::Value = serde_json::from_str(&load).unwrap();
+        let view = load["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == busy_pod.sidecar.inbound.to_string())
+            .cloned()
+            .unwrap();
+        if view["kvUsage"] == 0.95 || tokio::time::Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(busy_view["kvUsage"], 0.95, "{busy_view}");
+    assert_eq!(busy_view["waiting"], 12.0, "{busy_view}");
+    // The first request already knows: it goes to the free endpoint.
+    let r = chat(router.sidecar.inbound, chat_body("You are brief.", "hi")).await;
+    let (_, load) = admin(&router.sidecar, "/load").await;
+    assert_eq!(r.version(), Some("free"), "{:?} {load}", r.headers);
+}

@@ -25,6 +25,7 @@ use infermesh_admin::{LIVE_PATH, METRICS_PATH, READY_PATH, openmetrics_response}
 use infermesh_crds::REVISION_HEADER;
 
 use crate::config::store::ConfigStore;
+use crate::load::orca;
 use crate::request::body::ResponseBody;
 use crate::serving::LocalModels;
 
@@ -44,10 +45,16 @@ impl Admin {
         peer: IpAddr,
         req: Request<B>,
     ) -> Result<Response<ResponseBody>, Infallible> {
-        Ok(self.answer(peer, req.method(), req.uri().path()))
+        Ok(self.answer(peer, req.method(), req.uri().path(), req.uri().query()))
     }
 
-    fn answer(&self, peer: IpAddr, method: &Method, path: &str) -> Response<ResponseBody> {
+    fn answer(
+        &self,
+        peer: IpAddr,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Response<ResponseBody> {
         if method != Method::GET && method != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
@@ -91,7 +98,23 @@ impl Admin {
                 });
                 json(body)
             }
-            LOAD_PATH => json(self.load(peer.is_loopback())),
+            LOAD_PATH => {
+                let mut r = json(self.load(peer.is_loopback()));
+                // `?service=NAME`: that model's report in the header peers read on responses.
+                let asked =
+                    query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("service=")));
+                if let Some(name) = asked
+                    && let Some((_, report, _)) = self
+                        .local
+                        .reports(tokio::time::Instant::now())
+                        .into_iter()
+                        .find(|(n, ..)| n == name)
+                    && let Ok(v) = HeaderValue::try_from(report.to_text())
+                {
+                    r.headers_mut().insert(orca::HEADER, v);
+                }
+                r
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
                 "unknown path: try /ready, /live, /metrics, /config, /load\n",
@@ -233,7 +256,7 @@ mod tests {
         };
         let pod: IpAddr = "10.1.2.3".parse().unwrap();
         let local: IpAddr = "127.0.0.1".parse().unwrap();
-        let status = |peer, path| admin.answer(peer, &Method::GET, path).status();
+        let status = |peer, path| admin.answer(peer, &Method::GET, path, None).status();
         assert_eq!(status(pod, "/config"), StatusCode::FORBIDDEN);
         assert_eq!(status("::1".parse().unwrap(), "/config"), StatusCode::OK);
         assert_eq!(status(local, "/config"), StatusCode::OK);
