@@ -2,6 +2,7 @@
 //! compiled, so the request path only touches atomics and histograms, never a label lookup.
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +41,14 @@ pub(crate) struct ServiceReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EndpointSignalLabels {
+    pub(crate) service: String,
+    pub(crate) variant: String,
+    pub(crate) endpoint: String,
+    pub(crate) signal: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RevisionLabels {
     pub(crate) revision: String,
 }
@@ -64,6 +73,7 @@ pub(crate) struct Metrics {
     revision: Family<RevisionLabels, Gauge>,
     markers_refused: Family<ReasonLabels, Counter>,
     engine_metrics_errors: Family<ServiceReasonLabels, Counter>,
+    endpoint_load: Family<EndpointSignalLabels, Gauge<f64, AtomicU64>>,
     pub(crate) config_reloads: Counter,
     pub(crate) config_rejections: Counter,
     pub(crate) config_services_refused: Gauge,
@@ -118,6 +128,14 @@ impl Metrics {
         let revision = Family::<RevisionLabels, Gauge>::default();
         let markers_refused = Family::<ReasonLabels, Counter>::default();
         let engine_metrics_errors = Family::<ServiceReasonLabels, Counter>::default();
+        let endpoint_load = Family::<EndpointSignalLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "endpoint_load",
+            "What InferenceAware balancing believes of each endpoint, refreshed every second \
+             (signal: requests, waiting, kv_usage, report_age_seconds; at most 64 endpoints \
+             per variant)",
+            endpoint_load.clone(),
+        );
         registry.register(
             "engine_metrics_errors",
             "Reads of the local model's metrics that failed (reason: unreachable, status, \
@@ -210,6 +228,7 @@ impl Metrics {
             revision,
             markers_refused,
             engine_metrics_errors,
+            endpoint_load,
             config_reloads,
             config_rejections,
             config_services_refused,
@@ -224,6 +243,14 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Replaces the endpoint load gauges with `samples`.
+    pub(crate) fn set_endpoint_load(&self, samples: Vec<(EndpointSignalLabels, f64)>) {
+        self.endpoint_load.clear();
+        for (labels, v) in samples {
+            self.endpoint_load.get_or_create(&labels).set(v);
+        }
     }
 
     /// A peer's routed marker was not honoured (`reason`: see `routed_markers_refused`).

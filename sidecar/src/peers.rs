@@ -1,4 +1,5 @@
-//! Asking idle peers for their load. A routing sidecar learns an endpoint's load from the
+//! Asking idle peers for their load, and publishing what is believed of every endpoint on
+//! `/metrics` (`infermesh_endpoint_load`), once a second. A routing sidecar learns an endpoint's load from the
 //! reports on its responses; an endpoint it has not sent anything to for a while has no fresh
 //! report, and its estimate falls back to this sidecar's own count (zero), which says nothing
 //! of the requests other sidecars are sending it. So once a second, the meshed endpoints of
@@ -18,7 +19,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::store::ConfigStore;
+use crate::config::table::RoutingTable;
 use crate::load::orca::{self, LoadReport};
+use crate::metrics::EndpointSignalLabels;
 use crate::upstream::body::RequestBody;
 use crate::upstream::pool::ConnPool;
 
@@ -40,6 +43,7 @@ pub(crate) async fn run(store: Arc<ConfigStore>, admin_port: u16, mut stop: watc
         }
         let table = store.current();
         let now = Instant::now();
+        store.metrics.set_endpoint_load(estimates(&table, now));
         let mut idle = Vec::new();
         for svc in &table.services {
             for v in svc
@@ -70,6 +74,43 @@ pub(crate) async fn run(store: Arc<ConfigStore>, admin_port: u16, mut stop: watc
         });
         futures::future::join_all(asks).await;
     }
+}
+
+/// Endpoints published per variant on `/metrics`, so a large pool does not flood it.
+const PUBLISHED: usize = 64;
+
+/// What InferenceAware believes of its endpoints, as gauge samples.
+fn estimates(table: &RoutingTable, now: Instant) -> Vec<(EndpointSignalLabels, f64)> {
+    let mut out = Vec::new();
+    for svc in &table.services {
+        for v in svc
+            .variants
+            .iter()
+            .filter(|v| v.balancer.is_inference_aware())
+        {
+            for e in v.endpoints.iter().take(PUBLISHED) {
+                let view = e.state.load.view(now, e.state.in_flight());
+                let signals = [
+                    ("requests", Some(view.requests)),
+                    ("waiting", view.waiting),
+                    ("kv_usage", view.kv_usage),
+                    ("report_age_seconds", view.age.map(|a| a.as_secs_f64())),
+                ];
+                for (signal, value) in signals {
+                    if let Some(value) = value {
+                        let labels = EndpointSignalLabels {
+                            service: svc.name.clone(),
+                            variant: v.name.clone(),
+                            endpoint: e.address.clone(),
+                            signal,
+                        };
+                        out.push((labels, value));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The report of the peer at `address` (its inbound `ip:port`) for `service`.

@@ -336,6 +336,14 @@ async fn an_idle_peer_is_asked_for_its_load_before_any_request() {
     };
     assert_eq!(busy_view["kvUsage"], 0.95, "{busy_view}");
     assert_eq!(busy_view["waiting"], 12.0, "{busy_view}");
+    // The same, on /metrics, once the next second's refresh ran.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, m) = admin(&router.sidecar, "/metrics").await;
+    let line = format!(
+        r#"infermesh_endpoint_load{{service="llm",variant="v",endpoint="{}",signal="kv_usage"}} 0.95"#,
+        busy_pod.sidecar.inbound
+    );
+    assert!(m.contains(&line), "{m}");
     // The first request already knows: it goes to the free endpoint.
     let r = chat(router.sidecar.inbound, chat_body("You are brief.", "hi")).await;
     let (_, load) = admin(&router.sidecar, "/load").await;
