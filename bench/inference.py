@@ -40,7 +40,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pools import ROOT, Pool, Sim, simulator_binary  # noqa: E402
+from pools import LLAMA, MODEL, ROOT, Llama, Pool, Sim, simulator_binary  # noqa: E402
 
 SIDECAR_CANDIDATES = [
     ROOT / "target" / "release" / "infermesh-sidecar",
@@ -58,6 +58,28 @@ def ip(i):
     return f"127.0.0.{21 + i}"
 
 
+# --llama: 2 llama-servers (SmolLM2, 4 slots of 2,048 tokens, 1 thread each) instead of the
+# simulators, routed by both pods' sidecars.
+LLAMA_PODS = 2
+# Common English words: about one token each for SmolLM2's BPE tokenizer (the simulator counts
+# any word as one).
+VOCAB = ("the of and to in is you that it he was for on are as with his they at be this have from "
+         "or one had by word but not what all were we when your can said there use an each which "
+         "she do how their if will up other about out many then them these so some her would make "
+         "like him into time has look two more write go see number no way could people my than first "
+         "water been call who its now find long down day did get come made may part").split()
+LLAMA_MODE = False
+
+
+def pool_llamas():
+    return [Llama(f"llama-{i}", parallel=4, ctx=8192, threads=1, address=ip(i), port=SIM_PORT)
+            for i in range(LLAMA_PODS)]
+
+
+def pool_names():
+    return [x.name for x in (pool_llamas() if LLAMA_MODE else pool_sims())]
+
+
 def pool_sims():
     slow = ["--step-base-us", str(3 * STEP_BASE_US), "--prefill-us-per-token", str(3 * PREFILL_US),
             "--decode-us-per-seq", str(3 * DECODE_US)]
@@ -72,7 +94,10 @@ def pool_sims():
 # ---------------------------------------------------------------- workloads
 
 def words(rng, n, tag):
-    # One token per word (the simulator's tokenizer: whitespace-separated words <= 16 bytes).
+    # One token per word (the simulator's tokenizer: whitespace-separated words <= 16 bytes;
+    # for llama-server, common words of about one token each).
+    if LLAMA_MODE:
+        return " ".join([tag] + [rng.choice(VOCAB) for _ in range(n - 1)])
     return " ".join([tag] + [f"w{rng.randrange(100000)}" for _ in range(n - 1)])
 
 
@@ -85,7 +110,8 @@ def workload_a(seed, count, prompt_tokens, n_prompts):
         q = words(rng, rng.randint(20, 50), f"user{i}")
         reqs.append({"messages": [{"role": "system", "content": systems[k]},
                                   {"role": "user", "content": q}],
-                     "max_tokens": rng.randint(64, 128), "group": k})
+                     "max_tokens": rng.randint(32, 64) if LLAMA_MODE else rng.randint(64, 128),
+                     "group": k})
     return reqs
 
 
@@ -264,7 +290,10 @@ class Mesh:
 
     def __init__(self, a, policy):
         self.a, self.policy, self.sidecars = a, policy, None
-        self.sims = Pool.start(pool_sims(), [], a.model_server)
+        if LLAMA_MODE:
+            self.sims = Pool.start([], pool_llamas(), ready_timeout=120.0)
+        else:
+            self.sims = Pool.start(pool_sims(), [], a.model_server)
         self.supported = True
         try:
             if policy != "random":
@@ -279,7 +308,9 @@ class Mesh:
         cfg = {"services": [{"name": "llm", "port": SIM_PORT, "variants": [{
             "name": "v1", "weight": 100,
             "endpoints": [{"address": f"{ip(i)}:{INBOUND}", "meshed": True} for i in range(PODS)]}],
-            "loadBalancing": {"policy": self.policy}}]}
+            "loadBalancing": {"policy": self.policy},
+            # What a ModelService names: the serving sidecars read the engine's load.
+            "engine": "LlamaCpp" if LLAMA_MODE else "vLLM"}]}
         (work / "mesh.json").write_text(json.dumps(cfg))
         (work / "mesh.key").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
         self.sidecars = Pool([], work)
@@ -333,10 +364,16 @@ class Mesh:
         for e in self.sims.endpoints:
             text = e.metrics()
             val = {}
-            for name in ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total",
-                         "vllm:num_preemptions_total"):
+            names = ("llamacpp:prompt_tokens_cached_total", "llamacpp:prompt_tokens_total") if LLAMA_MODE \
+                else ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "vllm:num_preemptions_total")
+            for name in names:
                 val[name] = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
                                 if l.startswith(name + "{") or l.startswith(name + " "))
+            if LLAMA_MODE:
+                # llama-server counts cached prompt tokens apart from the ones it computed.
+                val = {"vllm:prefix_cache_hits_total": val[names[0]],
+                       "vllm:prefix_cache_queries_total": val[names[0]] + val[names[1]],
+                       "vllm:num_preemptions_total": 0.0}
             out[e.name] = val
         return out
 
@@ -407,8 +444,7 @@ def print_table(name, results, policies):
             r = results.get(p)
             cells.append("n/a" if r is None or "unsupported" in r else fmt(r[key]))
         print(f"{label:<26}" + "".join(f"{c:>{w}}" for c in cells))
-    sims = [s.name for s in pool_sims()]
-    for s in sims:
+    for s in pool_names():
         cells = []
         for p in cols:
             r = results.get(p)
@@ -486,7 +522,21 @@ def main() -> int:
     p.add_argument("--sidecar", help="infermesh-sidecar binary")
     p.add_argument("--model-server", help="infermesh-model-server binary")
     p.add_argument("--json", help="write all figures to this file")
+    p.add_argument("--llama", action="store_true",
+                   help="workload a on 2 llama-servers (SmolLM2, build/ from hack/llama-server.sh) "
+                        "instead of the simulators; defaults --rate-a 0.5, --prompt-tokens 600, "
+                        "--system-prompts 8 (one per slot of the pool), --duration 90")
     a = p.parse_args()
+    if a.llama:
+        global LLAMA_MODE, PODS, ROUTERS
+        LLAMA_MODE, PODS, ROUTERS = True, LLAMA_PODS, LLAMA_PODS
+        if not (LLAMA.exists() and MODEL.exists()):
+            sys.exit("no llama-server or model in build/: run hack/llama-server.sh")
+        a.workloads = "a"
+        a.rate_a = a.rate_a or 0.5
+        a.prompt_tokens = 600 if a.prompt_tokens == 2000 else a.prompt_tokens
+        a.system_prompts = a.system_prompts or 2 * LLAMA_PODS * 2
+        a.duration = 90 if a.duration == 45 else a.duration
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     a.model_server = str(simulator_binary(a.model_server))
     if a.sidecar is None:
@@ -501,7 +551,10 @@ def main() -> int:
     cache_tokens = KV_BLOCKS * BLOCK
     n_prompts = a.system_prompts or math.ceil(1.5 * cache_tokens / a.prompt_tokens)
     print(f"binaries: {a.sidecar}, {a.model_server}")
-    print(f"pool: {', '.join(s.name + ' ' + ' '.join(s.flags) for s in pool_sims())}")
+    if LLAMA_MODE:
+        print(f"pool: {LLAMA_PODS} llama-servers ({LLAMA.name}, {MODEL.name}, -np 4 -c 8192 -t 1)")
+    else:
+        print(f"pool: {', '.join(s.name + ' ' + ' '.join(s.flags) for s in pool_sims())}")
     print(f"workload a: {n_prompts} system prompts x {a.prompt_tokens} tokens = {n_prompts * a.prompt_tokens} "
           f"tokens (one default cache: {cache_tokens} tokens, half-KV sim: {cache_tokens // 2}; a quarter of the "
           f"set: {n_prompts * a.prompt_tokens // 4}); questions 20-50 tokens; max_tokens 64-128; stream")

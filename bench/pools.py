@@ -78,6 +78,8 @@ class Llama:
     parallel: int = 2
     ctx: int = 4096
     threads: int = 1
+    address: str = "127.0.0.1"
+    port: int = 0
 
 
 @dataclass
@@ -136,11 +138,11 @@ class Pool:
             for l in llamas:
                 if not (LLAMA.exists() and MODEL.exists()):
                     sys.exit("no llama-server or model in build/: run hack/llama-server.sh")
-                port = free_port()
-                argv = [str(LLAMA), "-m", str(MODEL), "--alias", "pool", "--host", "127.0.0.1",
+                port = l.port or free_port()
+                argv = [str(LLAMA), "-m", str(MODEL), "--alias", "pool", "--host", l.address,
                         "--port", str(port), "--metrics", "-np", str(l.parallel),
                         "-c", str(l.ctx), "-t", str(l.threads)]
-                pool._spawn(l.name, "llama", port, argv)
+                pool._spawn(l.name, "llama", port, argv, host=l.address)
             deadline = time.monotonic() + ready_timeout
             for e in pool.endpoints:
                 pool._wait_healthy(e, deadline)

@@ -297,8 +297,8 @@ impl Balancer {
 }
 
 /// Each candidate's prefix score, 0..=1: the share of the prompt's blocks this sidecar sent
-/// it, or for the candidate ranked first by [`rendezvous`] on the prompt's leading blocks, at
-/// least those. Every sidecar ranks a prompt's leading blocks the same way, so the first
+/// it, or for the candidate ranked first by [`rendezvous`] on the prompt's leading blocks (when
+/// the prompt is longer than them), at least those. Every sidecar ranks a prompt's leading blocks the same way, so the first
 /// request of a prefix goes to the same endpoint from all of them, and later ones follow the
 /// index. A candidate over the load bound gets 0 and the next in the order takes the rank, so a
 /// hot prefix spills the same way everywhere.
@@ -313,7 +313,13 @@ fn prefix_scores(
     let mean = loads.iter().map(|l| l.requests).sum::<f64>() / loads.len().max(1) as f64;
     let bound = LOAD_BOUND * mean + 1.0;
     let within = |j: usize| loads[j].requests <= bound;
-    let depth = a.blocks.len().min(KEY_BLOCKS);
+    // Only a prompt longer than its leading blocks can share them with others; a short one
+    // would be sent by its hash alone, whatever the load, with no cache to gain there.
+    let depth = if a.blocks.len() > KEY_BLOCKS {
+        KEY_BLOCKS
+    } else {
+        0
+    };
     let first = depth.checked_sub(1).and_then(|d| {
         (0..cands.len())
             .filter(|&j| within(j))

@@ -156,3 +156,46 @@ async fn an_ejected_endpoints_share_spreads_over_the_rest() {
         }
     }
 }
+
+/// A short prompt never seen before gets no affinity: its hash alone would send it to one
+/// endpoint whatever the load, with nothing cached there (bench workload b). A long one's
+/// leading blocks rank one endpoint first, for a fraction of the prompt.
+#[test]
+fn only_a_prompt_longer_than_its_key_is_ranked_before_it_is_seen() {
+    let (_, eps) = variant(LoadBalancingPolicy::InferenceAware, 4);
+    let index = PrefixIndex::new(1024);
+    let cands: Vec<usize> = (0..4).collect();
+    let loads = vec![eps[0].state.load.view(Instant::now(), 0); 4];
+    let short: Vec<u64> = (1..=KEY_BLOCKS as u64).collect();
+    let a = Affinity {
+        blocks: &short,
+        index: &index,
+    };
+    assert_eq!(prefix_scores(a, &cands, &eps, &loads), vec![0.0; 4]);
+    let long: Vec<u64> = (1..=4 * KEY_BLOCKS as u64).collect();
+    let a = Affinity {
+        blocks: &long,
+        index: &index,
+    };
+    let scores = prefix_scores(a, &cands, &eps, &loads);
+    assert_eq!(
+        scores.iter().filter(|s| **s == 0.25).count(),
+        1,
+        "{scores:?}"
+    );
+    assert_eq!(
+        scores.iter().filter(|s| **s == 0.0).count(),
+        3,
+        "{scores:?}"
+    );
+    // Once sent, the short prompt goes back where it went.
+    index.record(&short, eps[2].key);
+    let a = Affinity {
+        blocks: &short,
+        index: &index,
+    };
+    assert_eq!(
+        prefix_scores(a, &cands, &eps, &loads),
+        vec![0.0, 0.0, 1.0, 0.0]
+    );
+}
