@@ -568,7 +568,28 @@ fn invalid_cases() -> Vec<Invalid> {
         Invalid {
             what: "route match with nothing",
             patch: |s| s["routes"][0]["match"] = json!({}),
-            expect: "a route match needs at least one header match or a pathPrefix",
+            expect: "a route match needs at least one header match, a pathPrefix or a model",
+        },
+        Invalid {
+            what: "inference scoring without InferenceAware",
+            patch: |s| {
+                s["loadBalancing"] =
+                    json!({"policy": "LeastRequest", "inference": {"prefixWeight": 5}})
+            },
+            expect: "inference (scoring weights) applies to policy InferenceAware only",
+        },
+        Invalid {
+            what: "inference scoring with every weight 0",
+            patch: |s| {
+                s["loadBalancing"] = json!({"policy": "InferenceAware", "inference":
+                    {"queueWeight": 0, "kvCacheWeight": 0, "prefixWeight": 0}})
+            },
+            expect: "at least one of queueWeight, kvCacheWeight, prefixWeight must be above 0",
+        },
+        Invalid {
+            what: "an unknown engine",
+            patch: |s| s["engine"] = json!("Ollama"),
+            expect: "Unsupported value: \"Ollama\"",
         },
         Invalid {
             what: "path prefix without slash",
