@@ -27,8 +27,12 @@ pub(crate) const DEFAULT_BLOCKS: usize = 1 << 16;
 /// Endpoint keys (`Endpoint::key`), most recent first; 0 is empty.
 type Holders = [u64; HOLDERS];
 
+/// Keys are prompt hashes a client can steer, so the map's hasher is seeded per process
+/// (foldhash: far cheaper than SipHash on one u64, and still not predictable from outside).
+type Shard = LruCache<u64, Holders, foldhash::fast::RandomState>;
+
 pub(crate) struct PrefixIndex {
-    shards: Box<[Mutex<LruCache<u64, Holders>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 impl std::fmt::Debug for PrefixIndex {
@@ -51,12 +55,17 @@ impl PrefixIndex {
         let per_shard = NonZeroUsize::new(blocks.div_ceil(SHARDS)).unwrap_or(NonZeroUsize::MIN);
         Self {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .map(|_| {
+                    Mutex::new(LruCache::with_hasher(
+                        per_shard,
+                        foldhash::fast::RandomState::default(),
+                    ))
+                })
                 .collect(),
         }
     }
 
-    fn shard(&self, block: u64) -> std::sync::MutexGuard<'_, LruCache<u64, Holders>> {
+    fn shard(&self, block: u64) -> std::sync::MutexGuard<'_, Shard> {
         self.shards[(block % SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -9,13 +9,14 @@
 //! same request differently still agree. The body itself is never changed.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
-
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Bodies up to this size are read for their prompt; larger ones are routed without affinity.
@@ -48,41 +49,116 @@ struct Message<'a> {
     content: Option<Text<'a>>,
 }
 
-/// A string, or the array forms (`[{"type":"text","text":"..."}]`, `["..."]`); anything else
-/// contributes nothing.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Text<'a> {
-    One(#[serde(borrow)] Cow<'a, str>),
-    Parts(#[serde(borrow)] Vec<Part<'a>>),
-    Other(IgnoredAny),
-}
+/// The text of a `content` or a `prompt`, as its pieces: a string, or the array forms
+/// (`[{"type":"text","text":"..."}]`, `["..."]`); anything else has none. Read by visitors
+/// rather than as an untagged enum, which would first copy the whole value into a buffer to try
+/// each form in turn: this runs on every request of an InferenceAware service.
+struct Text<'a>(Vec<Cow<'a, str>>);
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Part<'a> {
-    Text(#[serde(borrow)] Cow<'a, str>),
-    Object {
-        #[serde(borrow, default)]
-        text: Option<Cow<'a, str>>,
-    },
-    Other(IgnoredAny),
-}
+/// One element of the array form: its text, if it has one.
+struct Part<'a>(Option<Cow<'a, str>>);
 
 impl Text<'_> {
     fn feed(&self, chain: &mut Chain) {
-        match self {
-            Text::One(s) => chain.feed(s.as_bytes()),
-            Text::Parts(parts) => {
-                for p in parts {
-                    match p {
-                        Part::Text(s) | Part::Object { text: Some(s) } => chain.feed(s.as_bytes()),
-                        _ => {}
+        for piece in &self.0 {
+            chain.feed(piece.as_bytes());
+        }
+    }
+}
+
+/// What both visitors do with a value that is not text: skip it.
+macro_rules! ignore_other_values {
+    ($value:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of text parts")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(vec![Cow::Borrowed(s)]))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Text(vec![Cow::Owned(s.to_owned())]))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Text(vec![Cow::Owned(s)]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut pieces = Vec::new();
+                while let Some(Part(p)) = seq.next_element::<Part<'a>>()? {
+                    pieces.extend(p);
+                }
+                Ok(Text(pieces))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Text(Vec::new()))
+            }
+            ignore_other_values!(Text(Vec::new()));
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Part<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Part<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a text part")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Part(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Part(Some(Cow::Owned(s.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Part(Some(Cow::Owned(s))))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Part(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut text = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "text" && text.is_none() {
+                        text = map.next_value::<Part<'a>>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
                     }
                 }
+                Ok(Part(text))
             }
-            Text::Other(_) => {}
+            ignore_other_values!(Part(None));
         }
+        d.deserialize_any(V(PhantomData))
     }
 }
 
