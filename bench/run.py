@@ -818,7 +818,9 @@ def ic_report(results, args):
                 paired = med(ratios) if ratios else float("nan")
                 diff = med(y[k] - x[k] for x, y in zip(a, b))
                 rows.append([kind, config, f"added {k} µs @{args.rate}/s", f"{add_a:+.0f}", f"{add_b:+.0f}", f"{add_b / add_a:.3f}",
-                             f"{paired:.3f} ({diff:+.0f} µs)", "yes" if paired <= 1.05 else "no"])
+                             f"{paired:.3f} ({diff:+.0f} µs)",
+                             # An added latency at or below zero (direct slower than the sidecar) has no ratio.
+                             "n/a" if not (add_a > 0 and paired > 0) else "yes" if paired <= 1.05 else "no"])
                 s = summary.setdefault(kind, {}).setdefault(config, {})
                 s[f"added{k.upper()}Us"] = {"LeastRequest": add_a, "InferenceAware": add_b, "ratio": add_b / add_a,
                                             "pairedRatio": paired, "pairedDiffUs": diff}
