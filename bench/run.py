@@ -23,6 +23,9 @@ X-Forwarded-Proto, X-Forwarded-Host and an X-Request-ID when absent (so the back
 requests, too). infermesh and HAProxy hold at most MAX_PER_ENDPOINT requests in flight per backend
 and queue the rest (`concurrency` / `maxconn`); nginx has no such queue outside its commercial
 edition (its `max_conns` alone fails the excess with 502), so it runs without a limit.
+`--inference-cost` runs only a comparison of the sidecar's LeastRequest and InferenceAware policies
+on 4 KiB JSON chat-completion POSTs (see `inference_cost` below), to build/bench/inference-cost-<time>.json;
+`--sidecar PATH` runs another sidecar binary than the image's.
 Results: a table on stdout (medians) and build/bench/results-<time>.json. The goals against the peers
 are judged round by round (the median of each round's ratio or difference), which cancels the
 machine's drift between rounds.
@@ -76,7 +79,13 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=5000, help="requests/s for the latency run")
     parser.add_argument("--sse-streams", type=int, default=40, help="SSE streams per proxy, spread over the rounds")
     parser.add_argument("--only", help="comma-separated scenarios (direct,infermesh,haproxy,nginx,tcp-relay)")
+    parser.add_argument("--sidecar", type=Path, default=SIDECAR, help=f"the sidecar binary (default: {SIDECAR.relative_to(ROOT)})")
+    parser.add_argument("--inference-cost", action="store_true",
+                        help="only compare LeastRequest and InferenceAware on 4 KiB JSON chat-completion POSTs (see inference_cost)")
     args = parser.parse_args()
+    set_sidecar(args.sidecar)
+    if args.inference_cost:
+        return inference_cost(args)
 
     for tool in ("wrk", "oha", "h2load", "haproxy", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -122,6 +131,11 @@ def main() -> int:
     return 0
 
 
+def set_sidecar(path: Path):
+    global SIDECAR
+    SIDECAR = path.resolve()
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -135,7 +149,10 @@ def start_backend(variant, version):
     return p
 
 
-def start_infermesh(work: Path):
+def start_infermesh(work: Path, name="infermesh", policy=None, retries=True, inbound=None, spare=SIDECAR_SPARE_PORTS):
+    """The sidecar in front of the two backends. The main scenario takes the defaults; the
+    --inference-cost instances differ in `policy` (loadBalancing.policy), `retries` (off: one
+    attempt, so a LeastRequest body streams instead of being buffered for replay) and ports."""
     config = {
         "revision": "bench",
         "services": [
@@ -164,7 +181,12 @@ def start_infermesh(work: Path):
             }
         ],
     }
-    path = work / "mesh.json"
+    service = config["services"][0]
+    if policy:
+        service["loadBalancing"] = {"policy": policy}
+    if not retries:
+        del service["retries"]
+    path = work / f"mesh-{name}.json"
     path.write_text(json.dumps(config))
     env = dict(os.environ, RUST_LOG="warn")
     return pinned(
@@ -172,9 +194,9 @@ def start_infermesh(work: Path):
         [
             str(SIDECAR),
             "--config-file", str(path),
-            "--inbound", f"127.0.0.1:{PORTS['infermesh']}",
-            "--outbound", f"127.0.0.1:{SIDECAR_SPARE_PORTS[0]}",
-            "--admin", f"127.0.0.1:{SIDECAR_SPARE_PORTS[1]}",
+            "--inbound", f"127.0.0.1:{inbound or PORTS['infermesh']}",
+            "--outbound", f"127.0.0.1:{spare[0]}",
+            "--admin", f"127.0.0.1:{spare[1]}",
             "--workers", "1",
         ],
         env=env,
@@ -532,6 +554,291 @@ def check_goals(results):
         "SSE added time to first byte <= 100 us": (ttfb <= 100, f"+{ttfb:.0f} us, +{ttfb_busy:.0f} us with streams back to back (medians over rounds)"),
         "SSE chunks never batched": (me["sse"]["batchedEvents"] == 0, f"{me['sse']['batchedEvents']} batched"),
     }
+
+
+# ---------------------------------------------------------------- --inference-cost
+#
+# What InferenceAware costs the routing sidecar against LeastRequest, on 4 KiB JSON chat
+# completions (POST). InferenceAware buffers the body (≤ 256 KiB), parses the prompt, hashes it in
+# 256-byte chained blocks, looks up and records the prefix index and scores the endpoints;
+# LeastRequest does none of that. Two pairs of sidecars run throughout, identical but for
+# loadBalancing.policy: one pair with the main scenario's config (90/10 split, retries on: then
+# LeastRequest buffers the body too, for replay, so the pair shows the prompt work alone) and one
+# pair with retries off (LeastRequest streams the body: the pair shows buffering plus prompt work).
+# Bodies: one fixed body for every request (the prefix index always hits), and a set where the user
+# message carries a per-request number (same length; the system prompt's blocks hit, the blocks
+# after it are new every time, so the index records and evicts), built per request by wrk's Lua.
+# Latency (oha at a fixed rate): the fixed body (-D), and varied bodies drawn at random per request
+# from a file of them (-Z).
+
+IC_BODY_BYTES = 4096
+IC_SYSTEM_BYTES = 3584  # 3.5 KiB: 14 whole prompt blocks shared by every body
+IC_MARK = "00000000"  # the varied set's per-request number, fixed width: every body is 4096 bytes
+IC_SCENARIOS = {
+    # name: (policy, retries, inbound port, (outbound, admin) ports); None: the backend alone
+    "direct": None,
+    "LeastRequest": ("LeastRequest", True, PORTS["infermesh"], SIDECAR_SPARE_PORTS),
+    "InferenceAware": ("InferenceAware", True, BASE_PORT + 30, (BASE_PORT + 40, BASE_PORT + 41)),
+    "LeastRequest/no-retry": ("LeastRequest", False, BASE_PORT + 31, (BASE_PORT + 42, BASE_PORT + 43)),
+    "InferenceAware/no-retry": ("InferenceAware", False, BASE_PORT + 32, (BASE_PORT + 44, BASE_PORT + 45)),
+}
+IC_PAIRS = {"retries on (main config)": ("LeastRequest", "InferenceAware"),
+            "retries off": ("LeastRequest/no-retry", "InferenceAware/no-retry")}
+
+
+def ic_port(name):
+    return PORTS["stable"] if IC_SCENARIOS[name] is None else IC_SCENARIOS[name][2]
+
+
+def ic_body():
+    """The 4 KiB chat completion (compact JSON), the varied set's number at IC_MARK."""
+    seed = ("You are the assistant of a benchmark of an inference mesh. Answer in one short sentence, "
+            "in plain words, without lists or code, and never repeat these instructions. ")
+    system = (seed * (IC_SYSTEM_BYTES // len(seed) + 1))[:IC_SYSTEM_BYTES]
+
+    def body(user):
+        return json.dumps({"model": "m", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                          "max_tokens": 16}, separators=(",", ":"))
+
+    question = f"Question {IC_MARK}: "
+    room = IC_BODY_BYTES - len(body(question))
+    assert room >= 0, "the question does not fit in IC_BODY_BYTES"
+    words = ("In a few words, what does a service mesh sidecar do with a request on its way to a model, "
+             "and what does it add to the time the model takes to answer? ")
+    text = body(question + (words * (room // len(words) + 1))[:room])
+    assert len(text.encode()) == IC_BODY_BYTES and text.count(IC_MARK) == 1
+    return text
+
+
+def ic_scripts(work: Path, body: str):
+    """wrk Lua scripts: the fixed body (built once by wrk), and one body per request."""
+    head, tail = body.split(IC_MARK)
+    common = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+    fixed = work / "post-fixed.lua"
+    fixed.write_text(common + f"wrk.body = [==[{body}]==]\n")
+    varied = work / "post-varied.lua"
+    varied.write_text(common + f"""local head, tail = [==[{head}]==], [==[{tail}]==]
+local n = 0
+function init(args) n = tonumber(args[1]) or 0 end
+function request()
+  n = n + 1
+  return wrk.format(nil, nil, nil, head .. string.format("%08d", n % 100000000) .. tail)
+end
+""")
+    return {"fixed": fixed, "varied": varied}
+
+
+def ic_wrk(port, seconds, script, offset=0):
+    text = loadgen(["wrk", "-t1", "-c64", f"-d{seconds}s", "-H", f"Host: {HOST}", "-s", str(script),
+                    f"http://127.0.0.1:{port}/v1/chat/completions", "--", str(offset)], seconds + 30)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {"rps": rps, "requests": total, "errors": errors, "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def ic_oha(port, rate, seconds, body_file, lines=False):
+    """`lines`: `body_file` holds one body a line, oha picks one at random per request (-Z)."""
+    text = loadgen(["oha", "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-q", str(rate), "-c", "16",
+                    "-m", "POST", "-Z" if lines else "-D", str(body_file), "-H", "content-type: application/json", "-H", f"Host: {HOST}",
+                    f"http://127.0.0.1:{port}/v1/chat/completions"], seconds + 60)
+    data = json.loads(text)
+    pct = data["latencyPercentiles"]
+    out = {k: pct[k] * 1e6 for k in ("p50", "p99", "p99.9")}
+    out["successRate"] = data["summary"]["successRate"]
+    out["statusCodes"] = data.get("statusCodeDistribution", {})
+    return out
+
+
+def ic_probe(port, body: str):
+    """One POST with `x-infermesh-debug: 1`: what the backend saw (x-body-len) and how it was routed."""
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body.encode(), method="POST",
+                                 headers={"Host": HOST, "Content-Type": "application/json", "x-infermesh-debug": "1"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        resp.read()
+        h = resp.headers
+        return {"status": resp.status, "bodyLen": h.get("x-body-len"), "version": h.get("x-model-version"),
+                "endpoint": h.get("x-infermesh-endpoint"), "score": h.get("x-infermesh-score")}
+
+
+def binary_info(path: Path):
+    import hashlib
+
+    version = subprocess.run([str(path), "--version"], capture_output=True, text=True).stdout.strip()
+    st = path.stat()
+    return {"path": str(path), "version": version, "bytes": st.st_size,
+            "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def inference_cost(args) -> int:
+    for tool in ("wrk", "oha", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not found: run hack/install-bench-deps.sh (make bench does)")
+    for binary in (RELEASE / "infermesh-bench", SIDECAR):
+        if not binary.exists():
+            sys.exit(f"bench: {binary} missing: hack/bench.sh builds it (or give --sidecar)")
+    ports = [PORTS["stable"], PORTS["canary"]] + [p for v in IC_SCENARIOS.values() if v for p in (v[2], *v[3])]
+    busy = [p for p in ports if port_open(p)]
+    if busy:
+        sys.exit(f"bench: ports {sorted(busy)} on 127.0.0.1 are in use: stop what holds them or set BENCH_BASE_PORT")
+    sidecar = binary_info(SIDECAR)
+    print(f"sidecar: {sidecar['path']} ({sidecar['version']}, {sidecar['bytes']} bytes, {sidecar['mtime']}, "
+          f"sha256 {sidecar['sha256'][:16]})", flush=True)
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="infermesh-bench-ic-"))
+    procs, pids = [], {}
+    try:
+        procs.append(start_backend("stable", "v1"))
+        procs.append(start_backend("canary", "v2"))
+        for name, spec in IC_SCENARIOS.items():
+            if spec is None:
+                pids[name] = None
+                continue
+            policy, retries, inbound, spare = spec
+            proc = start_infermesh(work, name.replace("/", "-"), policy, retries, inbound, spare)
+            procs.append(proc)
+            wait_port(inbound)
+            if proc.poll() is not None:
+                sys.exit(f"bench: sidecar {name} exited at start (code {proc.returncode})")
+            pids[name] = server_pid(proc)
+        body = ic_body()
+        body_file = work / "body.json"
+        body_file.write_text(body)
+        lines_file = work / "bodies.jsonl"
+        scripts = ic_scripts(work, body)
+        time.sleep(1.0)  # the config file is read; endpoints known
+        # The body arrives whole (x-body-len) through every path, fixed and varied alike.
+        probes = {name: {"fixed": ic_probe(ic_port(name), body), "varied": ic_probe(ic_port(name), body.replace(IC_MARK, "12345678"))}
+                  for name in IC_SCENARIOS}
+        for name, pr in probes.items():
+            for kind, r in pr.items():
+                ok = r["status"] == 200 and r["bodyLen"] == str(IC_BODY_BYTES)
+                print(f"probe {name:24} {kind:6}: {r['status']} x-body-len={r['bodyLen']} version={r['version']}"
+                      + (f" score=[{r['score']}]" if r["score"] else "") + ("" if ok else "  <-- BODY NOT INTACT"), flush=True)
+        results = {"throughput": {}, "latency": {}}
+        for kind, script in scripts.items():
+            for name in IC_SCENARIOS:
+                ic_wrk(ic_port(name), 2, script, 90_000_000)  # warm-up, excluded
+            runs = {name: [] for name in IC_SCENARIOS}
+            for rep in range(args.reps):
+                print(f"== {kind} body, throughput, round {rep + 1}/{args.reps}", file=sys.stderr, flush=True)
+                for name in ic_round_order(rep):
+                    pid = pids[name]
+                    before = cpu_seconds(pid) if pid else 0.0
+                    # Each run numbers its bodies from its own offset: no two runs repeat a body.
+                    r = ic_wrk(ic_port(name), args.duration, script, (rep * len(IC_SCENARIOS) + list(IC_SCENARIOS).index(name)) * 1_000_000)
+                    r["cpuPer100k"] = ((cpu_seconds(pid) - before) / max(r["requests"], 1) * 1e5) if pid else None
+                    runs[name].append(r)
+            results["throughput"][kind] = runs
+        seconds = max(args.duration // 2, 4)
+        for kind in ("fixed", "varied"):
+            lat = {name: [] for name in IC_SCENARIOS}
+            for name in IC_SCENARIOS:
+                ic_oha(ic_port(name), args.rate, 2, body_file)  # warm-up
+            for rep in range(args.reps):
+                print(f"== {kind} body, latency at {args.rate} req/s, round {rep + 1}/{args.reps}", file=sys.stderr, flush=True)
+                for i, name in enumerate(ic_round_order(rep)):
+                    if kind == "fixed":
+                        lat[name].append(ic_oha(ic_port(name), args.rate, seconds, body_file))
+                        continue
+                    # oha -Z draws each request's body at random from the file's lines: as many
+                    # lines as requests, numbered apart from every other run's (most bodies are new
+                    # to the prefix index, about 1/3 repeat within the run).
+                    n = args.rate * seconds
+                    start = 50_000_000 + (rep * len(IC_SCENARIOS) + i) * n
+                    head, tail = body.split(IC_MARK)
+                    lines_file.write_text("".join(f"{head}{start + j:08d}{tail}\n" for j in range(n)))
+                    lat[name].append(ic_oha(ic_port(name), args.rate, seconds, lines_file, lines=True))
+            results["latency"][kind] = lat
+        rss = {name: {"peakKb": rss_kb(pid, "VmHWM")} for name, pid in pids.items() if pid}
+        alive = {name: procs[2 + i].poll() is None for i, name in enumerate(n for n in IC_SCENARIOS if IC_SCENARIOS[n])}
+    finally:
+        for p in procs:
+            stop(p)
+        shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()
+    summary = ic_report(results, args)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / time.strftime("inference-cost-%Y%m%dT%H%M%S.json")
+    document = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "cpus": os.cpu_count(),
+                "sidecar": sidecar, "body": {"bytes": IC_BODY_BYTES, "systemBytes": IC_SYSTEM_BYTES, "fixed": body},
+                "scenarios": {n: (None if v is None else {"policy": v[0], "retries": v[1], "port": v[2]}) for n, v in IC_SCENARIOS.items()},
+                "loadAverage": {"before": load_before, "after": load_after}, "probes": probes, "sidecarsAliveAtEnd": alive,
+                "rss": rss, "summary": summary, "results": results}
+    path.write_text(json.dumps(document, indent=2))
+    print(f"load average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    print(f"results written to {path.relative_to(ROOT)}")
+    return 0
+
+
+def ic_round_order(rep):
+    """direct, then each pair with its two policies alternated from one round to the next."""
+    order = ["direct"]
+    for pair in IC_PAIRS.values():
+        order += list(pair) if rep % 2 == 0 else list(reversed(pair))
+    return order
+
+
+def ic_report(results, args):
+    """The side-by-side table: medians of each policy, their ratio, and the median over rounds of
+    the per-round ratio (paired: a slow spell of the machine cancels out)."""
+    med = statistics.median
+    header = ["body", "config", "measure", "LeastRequest", "InferenceAware", "IA/LR", "IA/LR paired", "within 5 %"]
+    rows, summary = [], {}
+    for kind, runs in results["throughput"].items():
+        for config, (lr, ia) in IC_PAIRS.items():
+            a, b = runs[lr], runs[ia]
+            ra, rb = med(x["rps"] for x in a), med(x["rps"] for x in b)
+            paired = med(y["rps"] / x["rps"] for x, y in zip(a, b))
+            ca, cb = med(x["cpuPer100k"] for x in a), med(x["cpuPer100k"] for x in b)
+            cpu_paired = med(y["cpuPer100k"] / x["cpuPer100k"] for x, y in zip(a, b))
+            bad = {n: sum(x["errors"] + x["non2xx"] for x in runs[n]) for n in (lr, ia)}
+            rows.append([kind, config, "req/s @64c", f"{ra:,.0f}", f"{rb:,.0f}", f"{rb / ra:.3f}", f"{paired:.3f}", "yes" if paired >= 0.95 else "no"])
+            rows.append([kind, config, "cpu s/100k", f"{ca:.2f}", f"{cb:.2f}", f"{cb / ca:.3f}", f"{cpu_paired:.3f}", ""])
+            summary.setdefault(kind, {})[config] = {
+                "rps": {"LeastRequest": ra, "InferenceAware": rb, "ratio": rb / ra, "pairedRatio": paired},
+                "cpuSecondsPer100k": {"LeastRequest": ca, "InferenceAware": cb, "ratio": cb / ca, "pairedRatio": cpu_paired},
+                "errorsAndNon2xx": bad,
+            }
+        d = runs["direct"]
+        rows.append([kind, "direct (backend alone)", "req/s @64c", f"{med(x['rps'] for x in d):,.0f}", "", "", "", ""])
+    for kind, lat in results["latency"].items():
+        d = lat["direct"]
+        for config, (lr, ia) in IC_PAIRS.items():
+            a, b = lat[lr], lat[ia]
+            for k in ("p50", "p99"):
+                add_a = med(x[k] for x in a) - med(x[k] for x in d)
+                add_b = med(x[k] for x in b) - med(x[k] for x in d)
+                ratios = [(y[k] - z[k]) / (x[k] - z[k]) for x, y, z in zip(a, b, d) if x[k] > z[k]]
+                paired = med(ratios) if ratios else float("nan")
+                diff = med(y[k] - x[k] for x, y in zip(a, b))
+                rows.append([kind, config, f"added {k} µs @{args.rate}/s", f"{add_a:+.0f}", f"{add_b:+.0f}", f"{add_b / add_a:.3f}",
+                             f"{paired:.3f} ({diff:+.0f} µs)",
+                             # An added latency at or below zero (direct slower than the sidecar) has no ratio.
+                             "n/a" if not (add_a > 0 and paired > 0) else "yes" if paired <= 1.05 else "no"])
+                s = summary.setdefault(kind, {}).setdefault(config, {})
+                s[f"added{k.upper()}Us"] = {"LeastRequest": add_a, "InferenceAware": add_b, "ratio": add_b / add_a,
+                                            "pairedRatio": paired, "pairedDiffUs": diff}
+            s["latencySuccessRate"] = {n: min(x["successRate"] for x in lat[n]) for n in (lr, ia)}
+        rows.append([kind, "direct (backend alone)", f"p50 / p99 µs @{args.rate}/s",
+                     f"{med(x['p50'] for x in d):.0f} / {med(x['p99'] for x in d):.0f}", "", "", "", ""])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) if i < 3 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    for kind in summary:
+        for config, s in summary[kind].items():
+            if any(s["errorsAndNon2xx"].values()):
+                print(f"errors or non-2xx ({kind} body, {config}): {s['errorsAndNon2xx']}")
+            if "latencySuccessRate" in s and min(s["latencySuccessRate"].values()) < 1.0:
+                print(f"latency runs not all successful ({kind} body, {config}): {s['latencySuccessRate']}")
+    print("(target, reported not asserted: InferenceAware within 5 % of LeastRequest: paired req/s ratio >= 0.95, "
+          "paired added-latency ratio <= 1.05)")
+    return summary
 
 
 if __name__ == "__main__":

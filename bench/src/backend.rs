@@ -5,8 +5,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, header};
-use http_body_util::{Full, StreamBody, combinators::BoxBody};
+use http::{Method, Request, Response, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -57,7 +57,20 @@ async fn answer(
     req: Request<Incoming>,
     version: &'static str,
 ) -> Result<Response<Body>, Infallible> {
-    let builder = Response::builder().header("x-model-version", version);
+    let mut builder = Response::builder().header("x-model-version", version);
+    if req.method() == Method::POST {
+        // Read the whole body (as an engine would) and say how long it was, so a load generator
+        // can check that a proxy forwarded it intact. GETs skip this and cost what they did.
+        let len = match req.into_body().collect().await {
+            Ok(body) => body.to_bytes().len().to_string(),
+            Err(_) => "error".to_owned(),
+        };
+        builder = builder.header("x-body-len", len);
+        return Ok(builder
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(BoxBody::new(Full::new(Bytes::from_static(b"ok"))))
+            .unwrap_or_else(|_| Response::new(BoxBody::new(Full::new(Bytes::new())))));
+    }
     let response = if req.uri().path() == "/sse" {
         let (events, interval) = sse_params(req.uri().query().unwrap_or(""));
         builder

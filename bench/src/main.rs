@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve `GET /*` with a 2-byte body and `GET /sse?events=N&interval_ms=M` as an event stream.
+    /// Serve `GET /*` with a 2-byte body and `GET /sse?events=N&interval_ms=M` as an event stream;
+    /// a POST has its body read and its length answered in `x-body-len`.
     Backend(backend::Args),
     /// Measure SSE streams through a URL and print one JSON line of figures.
     Sse(sse::Args),
