@@ -87,6 +87,18 @@ async fn chat(addr: SocketAddr, body: Vec<u8>) -> Reply {
     }
 }
 
+/// A routing sidecar's config: service `llm`, InferenceAware over these meshed endpoints.
+fn aware_router(endpoints: &[SocketAddr]) -> String {
+    let endpoints: Vec<_> = endpoints
+        .iter()
+        .map(|a| json!({"address": a.to_string(), "meshed": true}))
+        .collect();
+    json!({"services": [{"name": "llm", "port": 1,
+        "loadBalancing": {"policy": "InferenceAware"},
+        "variants": [{"name": "v", "weight": 100, "endpoints": endpoints}]}]})
+    .to_string()
+}
+
 fn chat_body(system: &str, user: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"model": "m", "stream": false, "messages": [
         {"role": "system", "content": system}, {"role": "user", "content": user}]}))
@@ -107,14 +119,10 @@ async fn a_saturated_endpoint_stops_getting_requests_while_another_is_free() {
     };
     let busy_pod = sidecar(&pod(busy.port())).await;
     let free_pod = sidecar(&pod(free.port())).await;
-    let router = sidecar(
-        &json!({"services": [{"name": "llm", "port": 1,
-            "loadBalancing": {"policy": "InferenceAware"},
-            "variants": [{"name": "v", "weight": 100, "endpoints": [
-                {"address": busy_pod.sidecar.inbound.to_string(), "meshed": true},
-                {"address": free_pod.sidecar.inbound.to_string(), "meshed": true}]}]}]})
-        .to_string(),
-    )
+    let router = sidecar(&aware_router(&[
+        busy_pod.sidecar.inbound,
+        free_pod.sidecar.inbound,
+    ]))
     .await;
     // Prompts apart, so prefix affinity plays no part.
     let body = |i: usize| chat_body(&format!("You are brief, {i}."), "hi");
@@ -308,12 +316,7 @@ async fn an_idle_peer_is_asked_for_its_load_before_any_request() {
     );
     let free_pod = sidecar_with(&pod_cfg(free.port(), None), at([127, 0, 0, 3])).await;
     let router = sidecar_with(
-        &json!({"services": [{"name": "llm", "port": 1,
-            "loadBalancing": {"policy": "InferenceAware"},
-            "variants": [{"name": "v", "weight": 100, "endpoints": [
-                {"address": busy_pod.sidecar.inbound.to_string(), "meshed": true},
-                {"address": free_pod.sidecar.inbound.to_string(), "meshed": true}]}]}]})
-        .to_string(),
+        &aware_router(&[busy_pod.sidecar.inbound, free_pod.sidecar.inbound]),
         // Only the busy pod's admin port is known here: the free one is never asked.
         |o| o.peer_admin_port = busy_pod.sidecar.admin.port(),
     )

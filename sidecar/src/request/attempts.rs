@@ -224,8 +224,9 @@ impl Attempts<'_> {
                 if variant.balancer.is_inference_aware() {
                     ep.state.load.sent();
                 }
-                // This pod's own model counts this request too, as it counts its peers'.
-                if ep.local {
+                // This pod's own model counts this request too, as it counts its peers' (for
+                // services whose load is reported).
+                if ep.local && svc.reports_load {
                     let len = replay.as_ref().map_or(0, |r| r.data.len() as u64);
                     guard.hold_serving(self.proxy.local.enter(&svc.name, len));
                 }

@@ -257,7 +257,10 @@ impl Proxy {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0);
-        guard.hold_serving(self.local.enter(&svc.name, declared));
+        // Counted only where it is reported: other services skip the lock.
+        if svc.reports_load {
+            guard.hold_serving(self.local.enter(&svc.name, declared));
+        }
         prepare_head(head, &conn.forwarding, svc.protocol);
         let deadline = svc
             .timeouts

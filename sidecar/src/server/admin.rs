@@ -104,11 +104,7 @@ impl Admin {
                 let asked =
                     query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("service=")));
                 if let Some(name) = asked
-                    && let Some((_, report, _)) = self
-                        .local
-                        .reports(tokio::time::Instant::now())
-                        .into_iter()
-                        .find(|(n, ..)| n == name)
+                    && let Some(report) = self.local.report_of(name, tokio::time::Instant::now())
                     && let Ok(v) = HeaderValue::try_from(report.to_text())
                 {
                     r.headers_mut().insert(orca::HEADER, v);

@@ -102,6 +102,12 @@ impl LocalModels {
             .retain(|name, m| keep(name) || m.in_flight.load(Relaxed) > 0);
     }
 
+    /// The report of `service`'s model at `now`, if it has one here.
+    pub(crate) fn report_of(&self, service: &str, now: Instant) -> Option<LoadReport> {
+        let model = self.lock().get(service).cloned()?;
+        Some(model.report(now))
+    }
+
     /// Every model's report at `now`, by service name (for `/load`).
     pub(crate) fn reports(&self, now: Instant) -> Vec<(String, LoadReport, Option<Scraped>)> {
         let mut out: Vec<_> = self
