@@ -440,8 +440,8 @@ pub struct LoadBalancing {
 /// the weighted sum of three scores picks. Defaults as the llm-d router: queue 2, KV cache 2,
 /// prefix 3, saturated at 5 waiting or 80 %.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("(has(self.queueWeight) ? self.queueWeight : 2) + (has(self.kvCacheWeight) ? self.kvCacheWeight : 2) + (has(self.prefixWeight) ? self.prefixWeight : 3) > 0")
-    .message("inference: at least one of queueWeight, kvCacheWeight, prefixWeight must be above 0"))]
+#[x_kube(validation = Rule::new("(has(self.queueWeight) ? self.queueWeight : 2) + (has(self.kvCacheWeight) ? self.kvCacheWeight : 2) + (has(self.prefixWeight) ? self.prefixWeight : 3) + (has(self.loraWeight) ? self.loraWeight : 2) > 0")
+    .message("inference: at least one of queueWeight, kvCacheWeight, prefixWeight, loraWeight must be above 0"))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceScoring {
     /// Weight of the queue score (fewer requests at the endpoint is better), 0-100. Default 2.
@@ -457,6 +457,12 @@ pub struct InferenceScoring {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub prefix_weight: Option<i32>,
+    /// Weight of LoRA-adapter affinity, 0-100. Default 2. For a request whose `model` is an
+    /// adapter some endpoint's engine holds (vLLM reports them): an endpoint holding it scores
+    /// 1, one with a free adapter slot 0.5, others 0. Other requests are not scored for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub lora_weight: Option<i32>,
     /// Requests waiting at an endpoint's engine beyond which it is saturated, 0-100000. Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]

@@ -582,9 +582,9 @@ fn invalid_cases() -> Vec<Invalid> {
             what: "inference scoring with every weight 0",
             patch: |s| {
                 s["loadBalancing"] = json!({"policy": "InferenceAware", "inference":
-                    {"queueWeight": 0, "kvCacheWeight": 0, "prefixWeight": 0}})
+                    {"queueWeight": 0, "kvCacheWeight": 0, "prefixWeight": 0, "loraWeight": 0}})
             },
-            expect: "at least one of queueWeight, kvCacheWeight, prefixWeight must be above 0",
+            expect: "at least one of queueWeight, kvCacheWeight, prefixWeight, loraWeight must be above 0",
         },
         Invalid {
             what: "an unknown engine",

@@ -45,6 +45,7 @@ fn load_balancing(spec: &ModelServiceSpec) -> LoadBalancingConfig {
             queue_weight: weight(i.queue_weight, default.queue_weight),
             kv_cache_weight: weight(i.kv_cache_weight, default.kv_cache_weight),
             prefix_weight: weight(i.prefix_weight, default.prefix_weight),
+            lora_weight: weight(i.lora_weight, default.lora_weight),
             max_queue: weight(i.max_queue, default.max_queue),
             max_kv_cache_percent: weight(i.max_kv_cache_percent, default.max_kv_cache_percent),
         }),
@@ -346,6 +347,7 @@ mod tests {
                 queue_weight: None,
                 kv_cache_weight: Some(0),
                 prefix_weight: Some(5),
+                lora_weight: None,
                 max_queue: Some(10),
                 max_kv_cache_percent: None,
             }),
@@ -357,9 +359,26 @@ mod tests {
                 queue_weight: 2,
                 kv_cache_weight: 0,
                 prefix_weight: 5,
+                lora_weight: 2,
                 max_queue: 10,
                 max_kv_cache_percent: 80,
             })
+        );
+        // The LoRA weight is written only when set apart from its default, so a sidecar that
+        // predates it still reads this service's config.
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert!(
+            json["loadBalancing"]["inference"]
+                .get("loraWeight")
+                .is_none()
+        );
+        let mut lora = cfg.load_balancing.inference.unwrap();
+        lora.lora_weight = 7;
+        let json = serde_json::to_value(lora).unwrap();
+        assert_eq!(json["loraWeight"], 7);
+        assert_eq!(
+            serde_json::from_value::<mesh::InferenceScoring>(json).unwrap(),
+            lora
         );
         // Without an engine nothing changes: LeastRequest, and no field the old sidecars lack.
         let plain = model_service("llm", "ns", spec_with(&[("stable", 100, "v1")]));

@@ -12,8 +12,10 @@
 // cycle). Small shared leaves:
 mod detach;
 mod hash;
+// Token counts and timings read from OpenAI-style responses (recorded by `metrics`):
 mod metrics;
 mod named_watch;
+mod tokens;
 // Load signals: the engines' metrics, the reports sidecars send each other:
 mod load;
 // Connections and bodies to an upstream address:

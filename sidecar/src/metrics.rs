@@ -1,8 +1,10 @@
 //! Prometheus metrics (prometheus-client). Per-variant handles are resolved once when a config is
 //! compiled, so the request path only touches atomics and histograms, never a label lookup.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::tokens::Tally;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct VariantLabels {
@@ -58,8 +62,268 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.5, 14))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ModelLabels {
+    pub(crate) service: String,
+    pub(crate) variant: String,
+    pub(crate) model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TokenLabels {
+    pub(crate) service: String,
+    pub(crate) variant: String,
+    pub(crate) model: String,
+    pub(crate) gen_ai_token_type: &'static str,
+    /// `usage` (the server's count) or `events` (events that carried output).
+    pub(crate) counted: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FinishLabels {
+    pub(crate) service: String,
+    pub(crate) variant: String,
+    pub(crate) model: String,
+    pub(crate) finish_reason: &'static str,
+}
+
+type Hist = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+// Bucket boundaries recommended by the OpenTelemetry GenAI semantic conventions.
+fn ttft_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    ])
+}
+fn tpot_histogram() -> Histogram {
+    Histogram::new([
+        0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+    ])
+}
+fn generation_duration_histogram() -> Histogram {
+    Histogram::new([
+        0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    ])
+}
+fn token_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 14))
+}
+
+/// The status classes of `infermesh_requests_total`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The reasons of `infermesh_engine_metrics_errors_total` (as `serving::scrape` names them).
+pub(crate) const ENGINE_ERROR_REASONS: [&str; 5] = [
+    "unreachable",
+    "status",
+    "malformed",
+    "no-load",
+    "unknown-engine",
+];
+
+/// Every `finish_reason` of `infermesh_llm_responses_total`.
+const FINISH_LABELS: [&str; 8] = [
+    "stop",
+    "length",
+    "tool_calls",
+    "content_filter",
+    "other",
+    "aborted",
+    "cut",
+    "unfinished",
+];
+
+/// Model names kept as labels per variant; more fold into `other` (the names come from the
+/// model server's responses).
+pub(crate) const MAX_MODELS: usize = 16;
+
+/// The token metrics' families (OpenTelemetry GenAI names, no `infermesh_` prefix).
+#[derive(Clone, Debug)]
+pub(crate) struct TokenFamilies {
+    ttft: Hist,
+    tpot: Hist,
+    duration: Hist,
+    usage: Family<TokenLabels, Histogram, fn() -> Histogram>,
+    finished: Family<FinishLabels, Counter>,
+    cached: Family<ModelLabels, Counter>,
+}
+
+impl Default for TokenFamilies {
+    fn default() -> Self {
+        Self {
+            ttft: Family::new_with_constructor(ttft_histogram as fn() -> Histogram),
+            tpot: Family::new_with_constructor(tpot_histogram as fn() -> Histogram),
+            duration: Family::new_with_constructor(
+                generation_duration_histogram as fn() -> Histogram,
+            ),
+            usage: Family::new_with_constructor(token_histogram as fn() -> Histogram),
+            finished: Family::default(),
+            cached: Family::default(),
+        }
+    }
+}
+
+impl TokenFamilies {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from the request to the first response event that carries output \
+             (OpenAI-style streams)",
+            self.ttft.clone(),
+        );
+        r.register(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Time per output token after the first (streams of two tokens or more)",
+            self.tpot.clone(),
+        );
+        r.register(
+            "gen_ai_server_request_duration_seconds",
+            "Time from the request to the end of an OpenAI-style response",
+            self.duration.clone(),
+        );
+        r.register(
+            "gen_ai_client_token_usage",
+            "Tokens per response, by gen_ai_token_type (input, output); counted: usage (the \
+             server's count) or events (output events, when the response has no usage)",
+            self.usage.clone(),
+        );
+        r.register(
+            "infermesh_llm_responses",
+            "OpenAI-style responses by finish_reason (stop, length, tool_calls, \
+             content_filter, other), or aborted (the client left), cut (an upstream failure \
+             or a timeout after the head), unfinished (ended without a finish reason)",
+            self.finished.clone(),
+        );
+        r.register(
+            "infermesh_llm_cached_input_tokens",
+            "Prompt tokens the model server found in its prefix cache (from usage)",
+            self.cached.clone(),
+        );
+    }
+}
+
+/// One variant's token metrics, with the model names seen so far.
+#[derive(Debug)]
+pub(crate) struct VariantTokens {
+    service: String,
+    variant: String,
+    families: TokenFamilies,
+    models: Mutex<Vec<String>>,
+}
+
+impl VariantTokens {
+    /// The label for a model name: itself while fewer than [`MAX_MODELS`] are known.
+    fn model_label(&self, model: Option<&str>) -> String {
+        let Some(m) = model else {
+            return "unknown".to_owned();
+        };
+        let mut known = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        if known.iter().any(|k| k == m) {
+            return m.to_owned();
+        }
+        if known.len() < MAX_MODELS {
+            known.push(m.to_owned());
+            return m.to_owned();
+        }
+        "other".to_owned()
+    }
+
+    /// Removes every series of this variant.
+    fn forget(&self) {
+        let f = &self.families;
+        let mut models = self
+            .models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        models.extend(["unknown".to_owned(), "other".to_owned()]);
+        for model in models {
+            let labels = ModelLabels {
+                service: self.service.clone(),
+                variant: self.variant.clone(),
+                model,
+            };
+            f.ttft.remove(&labels);
+            f.tpot.remove(&labels);
+            f.duration.remove(&labels);
+            f.cached.remove(&labels);
+            for (kind, counted) in [
+                ("input", "usage"),
+                ("output", "usage"),
+                ("output", "events"),
+            ] {
+                f.usage.remove(&TokenLabels {
+                    service: labels.service.clone(),
+                    variant: labels.variant.clone(),
+                    model: labels.model.clone(),
+                    gen_ai_token_type: kind,
+                    counted,
+                });
+            }
+            for finish_reason in FINISH_LABELS {
+                f.finished.remove(&FinishLabels {
+                    service: labels.service.clone(),
+                    variant: labels.variant.clone(),
+                    model: labels.model.clone(),
+                    finish_reason,
+                });
+            }
+        }
+    }
+
+    /// Records one metered response.
+    pub(crate) fn record(&self, t: &Tally) {
+        let f = &self.families;
+        let labels = ModelLabels {
+            service: self.service.clone(),
+            variant: self.variant.clone(),
+            model: self.model_label(t.model.as_deref()),
+        };
+        f.duration
+            .get_or_create(&labels)
+            .observe(t.duration.as_secs_f64());
+        if let Some(d) = t.ttft {
+            f.ttft.get_or_create(&labels).observe(d.as_secs_f64());
+        }
+        if let Some(d) = t.tpot {
+            f.tpot.get_or_create(&labels).observe(d.as_secs_f64());
+        }
+        if let Some(n) = t.cached {
+            f.cached.get_or_create(&labels).inc_by(n);
+        }
+        let tokens = |kind: &'static str, counted: &'static str| TokenLabels {
+            service: labels.service.clone(),
+            variant: labels.variant.clone(),
+            model: labels.model.clone(),
+            gen_ai_token_type: kind,
+            counted,
+        };
+        if let Some(n) = t.input {
+            f.usage
+                .get_or_create(&tokens("input", "usage"))
+                .observe(n as f64);
+        }
+        if let Some((n, counted)) = t.output {
+            f.usage
+                .get_or_create(&tokens("output", counted.label()))
+                .observe(n as f64);
+        }
+        f.finished
+            .get_or_create(&FinishLabels {
+                service: labels.service.clone(),
+                variant: labels.variant.clone(),
+                model: labels.model.clone(),
+                finish_reason: t.outcome,
+            })
+            .inc();
+    }
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
+    tokens: TokenFamilies,
+    /// Each variant's token handles, kept across configs (with the model names it has seen).
+    variant_tokens: Mutex<HashMap<VariantLabels, Arc<VariantTokens>>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<VariantLabels, Histogram, fn() -> Histogram>,
     ttfb: Family<VariantLabels, Histogram, fn() -> Histogram>,
@@ -89,6 +353,7 @@ pub(crate) struct VariantMetrics {
     pub(crate) queue_depth: Gauge,
     pub(crate) ejections: Counter,
     pub(crate) streams_cut: Counter,
+    pub(crate) tokens: Arc<VariantTokens>,
 }
 
 impl VariantMetrics {
@@ -114,7 +379,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Self {
-        let mut registry = Registry::with_prefix("infermesh");
+        let mut registry = Registry::default();
+        let tokens = TokenFamilies::default();
+        tokens.register(&mut registry);
+        // Everything else is infermesh's own.
+        let inf = registry.sub_registry_with_prefix("infermesh");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let ttfb = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
@@ -129,14 +398,14 @@ impl Metrics {
         let markers_refused = Family::<ReasonLabels, Counter>::default();
         let engine_metrics_errors = Family::<ServiceReasonLabels, Counter>::default();
         let endpoint_load = Family::<EndpointSignalLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register(
+        inf.register(
             "endpoint_load",
             "What InferenceAware balancing believes of each endpoint, refreshed every second \
              (signal: requests, waiting, kv_usage, report_age_seconds; at most 64 endpoints \
              per variant)",
             endpoint_load.clone(),
         );
-        registry.register(
+        inf.register(
             "engine_metrics_errors",
             "Reads of the local model's metrics that failed (reason: unreachable, status, \
              malformed, no-load, unknown-engine); the load is then the sidecar's own counts",
@@ -145,76 +414,79 @@ impl Metrics {
         let config_reloads = Counter::default();
         let config_rejections = Counter::default();
         let config_services_refused = Gauge::default();
-        registry.register(
+        inf.register(
             "requests",
             "Requests by ModelService, variant and status class",
             requests.clone(),
         );
-        registry.register(
+        inf.register(
             "request_duration_seconds",
             "Request latency, first byte in to last byte out",
             latency.clone(),
         );
-        registry.register(
+        inf.register(
             "time_to_first_byte_seconds",
-            "Time to the upstream response head (TTFT for streams)",
+            "Time to the upstream response head; not to the first token, which a streaming \
+             server sends after its head (see gen_ai_server_time_to_first_token_seconds)",
             ttfb.clone(),
         );
-        registry.register("in_flight", "Requests in flight", in_flight.clone());
-        registry.register(
+        inf.register("in_flight", "Requests in flight", in_flight.clone());
+        inf.register(
             "queue_depth",
             "Requests waiting for a concurrency slot",
             queue_depth.clone(),
         );
-        registry.register(
+        inf.register(
             "endpoint_ejections",
             "Endpoints ejected after consecutive failures",
             ejections.clone(),
         );
-        registry.register(
+        inf.register(
             "streams_cut",
             "Responses cut after their head by a timeout or an upstream failure (also counted as 5xx)",
             streams_cut.clone(),
         );
-        registry.register("retries", "Retries sent", retries.clone());
-        registry.register(
+        inf.register("retries", "Retries sent", retries.clone());
+        inf.register(
             "retry_budget_exhausted",
             "Retries skipped because the retry budget was exhausted",
             budget_exhausted.clone(),
         );
-        registry.register(
+        inf.register(
             "replay_pool_full",
             "Requests sent once, without retries, because the sidecar's replay buffers were full",
             replay_pool_full.clone(),
         );
-        registry.register(
+        inf.register(
             "config_revision",
             "Mesh config in force (1 for the current revision)",
             revision.clone(),
         );
-        registry.register(
+        inf.register(
             "routed_markers_refused",
             "Peers' x-infermesh-routed markers not honoured, by reason (unsigned, malformed, \
              expired, bad-proof, no-key: routed again here; loop: refused with 508)",
             markers_refused.clone(),
         );
-        registry.register(
+        inf.register(
             "config_reloads",
             "Mesh configs accepted",
             config_reloads.clone(),
         );
-        registry.register(
+        inf.register(
             "config_rejections",
             "Mesh configs refused as invalid",
             config_rejections.clone(),
         );
-        registry.register(
+        inf.register(
             "config_services_refused",
             "ModelServices of the config in force left out for breaking a rule (see /config)",
             config_services_refused.clone(),
         );
         Self {
             registry,
+            tokens,
+            variant_tokens: Mutex::default(),
             requests,
             latency,
             ttfb,
@@ -261,6 +533,7 @@ impl Metrics {
     }
 
     pub(crate) fn variant(&self, service: &str, variant: &str) -> VariantMetrics {
+        debug_assert_eq!(CLASSES.len(), 5);
         let l = VariantLabels {
             service: service.to_owned(),
             variant: variant.to_owned(),
@@ -273,19 +546,73 @@ impl Metrics {
             })
         };
         VariantMetrics {
-            requests: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
+            requests: CLASSES.map(class),
             latency: self.latency.get_or_create_owned(&l),
             ttfb: self.ttfb.get_or_create_owned(&l),
             in_flight: self.in_flight.get_or_create_owned(&l),
             queue_depth: self.queue_depth.get_or_create_owned(&l),
             ejections: self.ejections.get_or_create_owned(&l),
             streams_cut: self.streams_cut.get_or_create_owned(&l),
+            tokens: self
+                .variant_tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(l.clone())
+                .or_insert_with(|| {
+                    Arc::new(VariantTokens {
+                        service: service.to_owned(),
+                        variant: variant.to_owned(),
+                        families: self.tokens.clone(),
+                        models: Mutex::new(Vec::new()),
+                    })
+                })
+                .clone(),
+        }
+    }
+
+    /// Removes the series of a variant that left the config (a request still streaming
+    /// through it counts on, unseen).
+    pub(crate) fn forget_variant(&self, service: &str, variant: &str) {
+        let l = VariantLabels {
+            service: service.to_owned(),
+            variant: variant.to_owned(),
+        };
+        for class in CLASSES {
+            self.requests.remove(&RequestLabels {
+                service: service.to_owned(),
+                variant: variant.to_owned(),
+                class: class.to_owned(),
+            });
+        }
+        self.latency.remove(&l);
+        self.ttfb.remove(&l);
+        self.in_flight.remove(&l);
+        self.queue_depth.remove(&l);
+        self.ejections.remove(&l);
+        self.streams_cut.remove(&l);
+        let tokens = self
+            .variant_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&l);
+        if let Some(t) = tokens {
+            t.forget();
+        }
+    }
+
+    /// Removes the series of a service that left the config.
+    pub(crate) fn forget_service(&self, service: &str) {
+        let l = ServiceLabels {
+            service: service.to_owned(),
+        };
+        self.retries.remove(&l);
+        self.budget_exhausted.remove(&l);
+        self.replay_pool_full.remove(&l);
+        for reason in ENGINE_ERROR_REASONS {
+            self.engine_metrics_errors.remove(&ServiceReasonLabels {
+                service: service.to_owned(),
+                reason,
+            });
         }
     }
 
@@ -342,5 +669,40 @@ mod tests {
         );
         assert!(text.contains(r#"class="5xx"} 1"#));
         assert!(text.contains(r#"infermesh_config_revision{revision="r2"} 1"#));
+    }
+
+    #[test]
+    fn token_series_carry_the_model_up_to_a_cap_then_other() {
+        let m = Metrics::new();
+        let v = m.variant("llm", "v1");
+        let tally = |model: &str| Tally {
+            model: Some(model.to_owned()),
+            ttft: Some(std::time::Duration::from_millis(300)),
+            tpot: None,
+            input: Some(10),
+            output: Some((4, crate::tokens::Counted::Events)),
+            cached: None,
+            duration: std::time::Duration::from_secs(1),
+            outcome: "stop",
+        };
+        for i in 0..MAX_MODELS + 3 {
+            v.tokens.record(&tally(&format!("m{i}")));
+        }
+        // The handles outlive a recompile of the same variant: still capped.
+        m.variant("llm", "v1").tokens.record(&tally("late"));
+        let text = m.encode();
+        assert!(text.contains(r#"model="m15""#) && !text.contains(r#"model="m16""#));
+        assert!(!text.contains(r#"model="late""#));
+        assert!(
+            text.contains(
+                r#"infermesh_llm_responses_total{service="llm",variant="v1",model="other",finish_reason="stop"} 4"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"gen_ai_client_token_usage_sum{service="llm",variant="v1",model="m0",gen_ai_token_type="output",counted="events"} 4.0"#
+        ), "{text}");
+        m.forget_variant("llm", "v1");
+        assert!(!m.encode().contains("model="));
     }
 }

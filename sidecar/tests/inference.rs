@@ -352,3 +352,79 @@ async fn an_idle_peer_is_asked_for_its_load_before_any_request() {
     let (_, load) = admin(&router.sidecar, "/load").await;
     assert_eq!(r.version(), Some("free"), "{:?} {load}", r.headers);
 }
+
+/// vLLM's metrics with its LoRA state: `running` adapters loaded, `max` slots.
+fn vllm_lora_metrics(running: &str, max: u32) -> String {
+    format!(
+        "{}vllm:lora_requests_info{{max_lora=\"{max}\",running_lora_adapters=\"{running}\",waiting_lora_adapters=\"\"}} 1.7e9\n",
+        vllm_metrics(0, 0, 0.1)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_adapter_goes_to_the_endpoint_whose_engine_holds_it() {
+    let mut pods = Vec::new();
+    for (name, running) in [("a", "chat-lora"), ("b", "sql-lora"), ("c", "")] {
+        let e = engine(name, Arc::new(Mutex::new(vllm_lora_metrics(running, 2)))).await;
+        let cfg = json!({"services": [{"name": "llm", "port": e.port(), "engine": "vLLM",
+            "variants": [{"name": "v", "weight": 100}]}]});
+        pods.push(sidecar(&cfg.to_string()).await);
+    }
+    let eps: Vec<SocketAddr> = pods.iter().map(|p| p.sidecar.inbound).collect();
+    let router = sidecar(&aware_router(&eps)).await;
+    let body = |model: &str, i: usize| {
+        serde_json::to_vec(&json!({"model": model,
+            "messages": [{"role": "user", "content": format!("Question {i}?")}]}))
+        .unwrap()
+    };
+    // Every endpoint answers the base model until each has reported its engine's adapters
+    // (the pods read their engines every ~200 ms from the start).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut seen = HashSet::new();
+    for i in 0..90 {
+        let r = chat(router.sidecar.inbound, body("m", i)).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            !r.headers["x-infermesh-score"]
+                .to_str()
+                .unwrap()
+                .contains("lora="),
+            "no endpoint holds the base model as an adapter: not scored for it"
+        );
+        seen.insert(r.version().unwrap().to_owned());
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "the base model went everywhere: {seen:?}");
+    let mut to = HashMap::<String, u32>::new();
+    for i in 0..20 {
+        let r = chat(router.sidecar.inbound, body("sql-lora", i)).await;
+        assert_eq!(r.status, 200);
+        *to.entry(r.version().unwrap().to_owned()).or_default() += 1;
+        if r.version() == Some("b") {
+            let score = r.headers["x-infermesh-score"].to_str().unwrap();
+            assert!(score.ends_with("lora=1.000"), "{score}");
+        }
+    }
+    assert_eq!(
+        to.get("b"),
+        Some(&20),
+        "sql-lora is loaded on b only: {to:?}"
+    );
+    // The routing sidecar shows what it believes on /config as on /load.
+    let (_, config) = admin(&router.sidecar, "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let b = config["estimates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == eps[1].to_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (b["loraAdapters"].clone(), b["loraSlots"].clone()),
+        (json!(1), json!(2)),
+        "{b}"
+    );
+}

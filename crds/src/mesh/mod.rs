@@ -316,7 +316,8 @@ pub struct LoadBalancingConfig {
 
 /// How `InferenceAware` scores an endpoint: endpoints over a threshold (saturated) are left out
 /// unless all are, then a weighted sum of scores in 0..=1 picks. The defaults are the llm-d
-/// router's (queue 2, KV cache 2, prefix 3; saturated at 5 waiting or 80 % KV).
+/// router's (queue 2, KV cache 2, prefix 3; saturated at 5 waiting or 80 % KV), with LoRA
+/// adapter affinity at 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InferenceScoring {
@@ -326,6 +327,13 @@ pub struct InferenceScoring {
     pub kv_cache_weight: u32,
     #[serde(default = "InferenceScoring::default_prefix_weight")]
     pub prefix_weight: u32,
+    /// Written only when not the default, so a sidecar that predates it still reads the
+    /// config of a service that leaves it alone.
+    #[serde(
+        default = "InferenceScoring::default_lora_weight",
+        skip_serializing_if = "InferenceScoring::is_default_lora_weight"
+    )]
+    pub lora_weight: u32,
     /// Requests waiting at an endpoint's engine beyond which it is saturated.
     #[serde(default = "InferenceScoring::default_max_queue")]
     pub max_queue: u32,
@@ -344,6 +352,12 @@ impl InferenceScoring {
     fn default_prefix_weight() -> u32 {
         3
     }
+    fn default_lora_weight() -> u32 {
+        2
+    }
+    fn is_default_lora_weight(w: &u32) -> bool {
+        *w == Self::default_lora_weight()
+    }
     fn default_max_queue() -> u32 {
         5
     }
@@ -358,6 +372,7 @@ impl Default for InferenceScoring {
             queue_weight: Self::default_queue_weight(),
             kv_cache_weight: Self::default_kv_cache_weight(),
             prefix_weight: Self::default_prefix_weight(),
+            lora_weight: Self::default_lora_weight(),
             max_queue: Self::default_max_queue(),
             max_kv_cache_percent: Self::default_max_kv_cache_percent(),
         }

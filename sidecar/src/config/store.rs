@@ -97,6 +97,7 @@ impl ConfigStore {
         };
         let table = compile(cfg, &previous, &cx);
         let revision = table.revision.clone();
+        forget_what_left(&self.metrics, &previous, &table);
         self.metrics
             .config_services_refused
             .set(table.refused.len() as i64);
@@ -108,12 +109,49 @@ impl ConfigStore {
     }
 }
 
+/// Removes the metric series of the services and variants `previous` had and `next` lacks, so
+/// `/metrics` shows what is in force (and its size follows the config, not its history).
+fn forget_what_left(metrics: &Metrics, previous: &RoutingTable, next: &RoutingTable) {
+    for old in &previous.services {
+        let now = next.services.iter().find(|s| s.name == old.name);
+        for v in &old.variants {
+            if !now.is_some_and(|n| n.variants.iter().any(|nv| nv.name == v.name)) {
+                metrics.forget_variant(&old.name, &v.name);
+            }
+        }
+        if now.is_none() {
+            metrics.forget_service(&old.name);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const GOOD: &str = r#"{"revision":"r1","services":[{"name":"llm","port":8000,
         "variants":[{"name":"a","weight":100,"endpoints":[{"address":"127.0.0.1:9000"}]}]}]}"#;
+
+    #[tokio::test]
+    async fn the_series_of_a_variant_or_service_that_left_are_removed() {
+        let s = ConfigStore::new(Arc::new(Metrics::new()), None, EwmaPolicy::default());
+        let two = GOOD.replace(
+            r#"{"name":"a","weight":100,"endpoints":[{"address":"127.0.0.1:9000"}]}"#,
+            r#"{"name":"a","weight":50,"endpoints":[{"address":"127.0.0.1:9000"}]},
+               {"name":"b","weight":50,"endpoints":[{"address":"127.0.0.1:9001"}]}"#,
+        );
+        s.apply_json(two.as_bytes(), "test").unwrap();
+        let text = s.metrics.encode();
+        assert!(text.contains(r#"variant="b""#), "{text}");
+        s.apply_json(GOOD.as_bytes(), "test").unwrap();
+        let text = s.metrics.encode();
+        assert!(!text.contains(r#"variant="b""#), "{text}");
+        assert!(text.contains(r#"service="llm",variant="a""#), "{text}");
+        s.apply_json(br#"{"revision":"r0","services":[]}"#, "test")
+            .unwrap();
+        let text = s.metrics.encode();
+        assert!(!text.contains(r#"service="llm""#), "{text}");
+    }
 
     #[tokio::test]
     async fn invalid_config_keeps_the_last_good_one() {

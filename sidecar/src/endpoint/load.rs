@@ -1,8 +1,12 @@
 //! What a routing sidecar believes about an endpoint's load ([`LoadEstimate`]): the last report
 //! the endpoint's sidecar put on a response (`endpoint-load-metrics`), trusted for
-//! [`FRESH_FOR`], plus the requests this sidecar sent it since. The report counts every caller's
-//! requests, which this sidecar's own in-flight count cannot see; what was sent after it is added
-//! because the report does not know it yet. Without a fresh report, the view falls back to this
+//! [`FRESH_FOR`], plus the requests this sidecar sent it since, less those of its requests that
+//! ended since. The report counts every caller's requests, which this sidecar's own in-flight
+//! count cannot see; what was sent after it is added because the report does not know it yet,
+//! and what ended after it is taken off because the report still counts it (a report rides on
+//! a response whose own request it counts: without this, an endpoint that just answered looks
+//! busy for [`FRESH_FOR`]). Between two reports the net count can run a little low (a request
+//! sent after the report was made but before it arrived, then ended); the own count is a floor. Without a fresh report, the view falls back to this
 //! sidecar's own count (the generic signal).
 
 use std::sync::Mutex;
@@ -10,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::load::adapters::Adapters;
 use crate::load::orca::LoadReport;
 
 /// How long a report stands for the endpoint's load (the llm-d router's metrics go stale after
@@ -23,8 +28,8 @@ pub(crate) struct LoadEstimate(Mutex<Inner>);
 #[derive(Debug, Default)]
 struct Inner {
     report: Option<(LoadReport, Instant)>,
-    /// Requests this sidecar sent the endpoint since the report.
-    sent_since: u32,
+    /// Requests this sidecar sent the endpoint since the report, less those that ended since.
+    since: i32,
 }
 
 /// The estimate at one moment, as the scorer reads it.
@@ -36,6 +41,8 @@ pub(crate) struct LoadView {
     pub(crate) waiting: Option<f64>,
     /// KV-cache usage, 0..=1, when the engine tells.
     pub(crate) kv_usage: Option<f64>,
+    /// LoRA adapters the endpoint's engine holds, when it tells.
+    pub(crate) adapters: Adapters,
     /// Age of the report the view rests on; `None`: no fresh report.
     pub(crate) age: Option<Duration>,
 }
@@ -48,14 +55,20 @@ impl LoadEstimate {
     /// A request is being sent to the endpoint.
     pub(crate) fn sent(&self) {
         let mut i = self.inner();
-        i.sent_since = i.sent_since.saturating_add(1);
+        i.since = i.since.saturating_add(1);
+    }
+
+    /// A request this sidecar sent the endpoint ended (its response streamed, or it failed).
+    pub(crate) fn ended(&self) {
+        let mut i = self.inner();
+        i.since = i.since.saturating_sub(1);
     }
 
     /// The endpoint's sidecar reported `r` on a response received at `now`.
     pub(crate) fn report(&self, r: LoadReport, now: Instant) {
         let mut i = self.inner();
         i.report = Some((r, now));
-        i.sent_since = 0;
+        i.since = 0;
     }
 
     /// The load at `now`; `own_in_flight` is this sidecar's count of requests at the endpoint.
@@ -69,11 +82,12 @@ impl LoadEstimate {
         if age >= FRESH_FOR {
             return LoadView::own(own);
         }
-        let since = f64::from(i.sent_since);
+        let since = f64::from(i.since);
         let engine = r.waiting.zip(r.running).map(|(w, run)| w + run);
         let Some(reported) = r.in_flight.or(engine) else {
             return LoadView {
                 kv_usage: r.kv_usage,
+                adapters: r.adapters,
                 age: Some(age),
                 ..LoadView::own(own)
             };
@@ -81,8 +95,9 @@ impl LoadEstimate {
         LoadView {
             // Never below what this sidecar alone has there.
             requests: (reported + since).max(own),
-            waiting: r.waiting.map(|w| w + since),
+            waiting: r.waiting.map(|w| w + since.max(0.0)),
             kv_usage: r.kv_usage,
+            adapters: r.adapters,
             age: Some(age),
         }
     }
@@ -94,6 +109,7 @@ impl LoadView {
             requests,
             waiting: None,
             kv_usage: None,
+            adapters: Adapters::default(),
             age: None,
         }
     }
@@ -138,6 +154,27 @@ mod tests {
         assert_eq!(v.age, Some(Duration::from_millis(100)));
         // Own requests are a floor: a report can lag behind what this sidecar has just sent.
         assert_eq!(e.view(t0, 20).requests, 20.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_that_ended_since_the_report_are_taken_off() {
+        let e = LoadEstimate::default();
+        let t0 = Instant::now();
+        // One request in flight; its response reports it (in flight 1), then it ends.
+        e.sent();
+        e.report(report(1.0, 0.0, 0.1), t0);
+        e.ended();
+        let v = e.view(t0 + Duration::from_millis(10), 0);
+        assert_eq!(
+            (v.requests, v.waiting),
+            (0.0, Some(0.0)),
+            "idle once it ended"
+        );
+        // Sent and ended between two reports: no trace.
+        e.report(report(4.0, 1.0, 0.1), t0);
+        e.sent();
+        e.ended();
+        assert_eq!(e.view(t0, 0).requests, 4.0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -138,7 +138,21 @@ impl EndpointState {
     /// Marks a request as started; the returned guard ends it on drop.
     pub(crate) fn start(self: &std::sync::Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            state: self.clone(),
+            estimated: false,
+        }
+    }
+
+    /// As [`EndpointState::start`], for a request the load estimate counts (InferenceAware):
+    /// sent now, ended when the guard drops.
+    pub(crate) fn start_estimated(self: &std::sync::Arc<Self>) -> InFlight {
+        self.load.sent();
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight {
+            state: self.clone(),
+            estimated: true,
+        }
     }
 
     fn nanos(&self, t: Instant) -> u64 {
@@ -208,11 +222,18 @@ impl EndpointState {
 
 /// One request in flight on an endpoint.
 #[derive(Debug)]
-pub(crate) struct InFlight(std::sync::Arc<EndpointState>);
+pub(crate) struct InFlight {
+    state: std::sync::Arc<EndpointState>,
+    /// Counted by the load estimate too.
+    estimated: bool,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        self.state.in_flight.fetch_sub(1, Relaxed);
+        if self.estimated {
+            self.state.load.ended();
+        }
     }
 }
 

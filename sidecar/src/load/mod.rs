@@ -1,8 +1,10 @@
 //! What a model server says about its load, and how sidecars tell each other: the engines'
 //! Prometheus text read for queue, KV-cache and prefix-cache signals (`engine`), and the ORCA
-//! text form a serving sidecar puts on its responses (`orca`). Pure parsing, no I/O: a leaf
+//! text form a serving sidecar puts on its responses (`orca`), with the LoRA adapters an engine
+//! holds (`adapters`). Pure parsing, no I/O: a leaf
 //! below everything that uses it.
 
+pub(crate) mod adapters;
 pub(crate) mod engine;
 pub(crate) mod orca;
 

@@ -6,6 +6,12 @@
 //!
 //! The header comes from a peer over the network, so `parse` treats it as untrusted: bounded in
 //! size, every value checked, bad pairs dropped one by one rather than failing the whole report.
+//!
+//! LoRA adapters the engine holds are named metrics too, one per adapter by its key
+//! (`named_metrics.lora.<16 hex digits>=1`, see `adapters`), with the engine's adapter slots
+//! (`named_metrics.lora_slots=4`).
+
+use super::adapters::Adapters;
 
 /// The response header that carries the report.
 pub(crate) const HEADER: &str = "endpoint-load-metrics";
@@ -15,6 +21,11 @@ const MAX_LEN: usize = 1024;
 
 /// The header's format prefix for the native-HTTP form.
 const PREFIX: &str = "TEXT";
+
+/// Before an adapter's key.
+const LORA_PREFIX: &str = "named_metrics.lora.";
+/// The engine's adapter slots.
+const LORA_SLOTS: &str = "named_metrics.lora_slots";
 
 /// What a serving sidecar reports about its model.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -31,6 +42,8 @@ pub(crate) struct LoadReport {
     pub(crate) prefix_hit_rate: Option<f64>,
     /// `named_metrics.prompt_tokens`: prompt tokens in flight (an estimate).
     pub(crate) prompt_tokens: Option<f64>,
+    /// `named_metrics.lora.*`, `named_metrics.lora_slots`: the adapters the engine holds.
+    pub(crate) adapters: Adapters,
 }
 
 /// Whether a key's value is a fraction that must lie in 0..=1.
@@ -93,6 +106,19 @@ impl LoadReport {
             out.push('=');
             push_number(&mut out, v);
         }
+        use std::fmt::Write;
+        let mut pair = |out: &mut String| {
+            out.push_str(if first { " " } else { ", " });
+            first = false;
+        };
+        if let Some(slots) = self.adapters.slots {
+            pair(&mut out);
+            let _ = write!(out, "{LORA_SLOTS}={slots}");
+        }
+        for key in self.adapters.keys() {
+            pair(&mut out);
+            let _ = write!(out, "{LORA_PREFIX}{key:016x}=1");
+        }
         out
     }
 
@@ -119,10 +145,25 @@ impl LoadReport {
                 continue;
             };
             let key = pair[..sep].trim();
+            let value = pair[sep + 1..].trim();
+            if let Some(hex) = key.strip_prefix(LORA_PREFIX) {
+                if hex.len() == 16
+                    && let Ok(k) = u64::from_str_radix(hex, 16)
+                {
+                    report.adapters.insert(k);
+                }
+                continue;
+            }
+            if key == LORA_SLOTS {
+                if let Ok(n) = value.parse::<u32>() {
+                    report.adapters.slots = Some(n);
+                }
+                continue;
+            }
             let Some(i) = FIELDS.iter().position(|(k, _)| *k == key) else {
                 continue;
             };
-            let parsed = pair[sep + 1..].trim().parse::<f64>().ok();
+            let parsed = value.parse::<f64>().ok();
             if let (Some(v), Some(slot)) = (
                 parsed.and_then(|v| checked(v, FIELDS[i].1)),
                 report.field_mut(i),
@@ -182,6 +223,7 @@ mod tests {
             kv_usage: Some(0.5),
             prefix_hit_rate: Some(0.75),
             prompt_tokens: Some(1e20),
+            adapters: Adapters::default(),
         };
         assert_eq!(
             all.to_text(),
@@ -212,6 +254,34 @@ mod tests {
                 running: Some(2.0),
                 ..LoadReport::default()
             })
+        );
+    }
+
+    #[test]
+    fn adapters_travel_as_keys_with_the_engines_slots() {
+        let r = LoadReport {
+            waiting: Some(0.0),
+            adapters: Adapters::of(["sql-lora", "chat, \"v2\"=x"], Some(4)),
+            ..LoadReport::default()
+        };
+        let text = r.to_text();
+        let key = crate::load::adapters::model_key("sql-lora");
+        assert!(
+            text.starts_with("TEXT named_metrics.queue=0, named_metrics.lora_slots=4, ")
+                && text.contains(&format!("named_metrics.lora.{key:016x}=1")),
+            "{text}"
+        );
+        assert_eq!(LoadReport::parse(text.as_bytes()), Some(r));
+        // Adapters alone are a report; malformed keys and slot counts are dropped.
+        let only = format!("TEXT named_metrics.lora.{key:016x}=1");
+        let back = LoadReport::parse(only.as_bytes()).unwrap();
+        assert!(back.adapters.holds(key) && back.adapters.slots.is_none());
+        assert_eq!(
+            LoadReport::parse(
+                b"TEXT named_metrics.lora.xyz=1, named_metrics.lora.00112233445566778=1, \
+                  named_metrics.lora_slots=-1, named_metrics.lora_slots=2.5"
+            ),
+            None
         );
     }
 
@@ -265,8 +335,13 @@ mod tests {
         fn round_trips(
             in_flight in field(), waiting in field(), running in field(),
             kv_usage in fraction(), prefix_hit_rate in fraction(), prompt_tokens in field(),
+            keys in proptest::collection::vec(any::<u64>(), 0..12), slots in proptest::option::of(any::<u32>()),
         ) {
-            let r = LoadReport { in_flight, waiting, running, kv_usage, prefix_hit_rate, prompt_tokens };
+            let mut adapters = Adapters::of([], slots);
+            for k in keys {
+                adapters.insert(k);
+            }
+            let r = LoadReport { in_flight, waiting, running, kv_usage, prefix_hit_rate, prompt_tokens, adapters };
             let text = r.to_text();
             prop_assert!(text.len() <= MAX_LEN);
             let back = LoadReport::parse(text.as_bytes());
@@ -294,6 +369,7 @@ mod tests {
             for v in r.fields().into_iter().flatten() {
                 prop_assert!(v.is_finite() && v >= 0.0);
             }
+            prop_assert!(r.adapters.keys().len() <= crate::load::adapters::MAX);
             for v in [r.kv_usage, r.prefix_hit_rate].into_iter().flatten() {
                 prop_assert!(v <= 1.0);
             }

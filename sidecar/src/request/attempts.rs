@@ -78,6 +78,7 @@ impl Replay {
         Some(Affinity {
             blocks: &prompt.blocks,
             index,
+            model: prompt.model,
         })
     }
 }
@@ -220,10 +221,11 @@ impl Attempts<'_> {
             // One try, in a block of its own: what it holds (the outcome, the failure) is gone
             // before the backoff below, so a request's future does not carry it while it waits.
             {
-                let in_flight = ep.state.start();
-                if variant.balancer.is_inference_aware() {
-                    ep.state.load.sent();
-                }
+                let in_flight = if variant.balancer.is_inference_aware() {
+                    ep.state.start_estimated()
+                } else {
+                    ep.state.start()
+                };
                 // This pod's own model counts this request too, as it counts its peers' (for
                 // services whose load is reported).
                 if ep.local && svc.reports_load {
@@ -372,7 +374,7 @@ fn explain(resp: &mut Response<Incoming>, ep: &Endpoint, score: Option<Score>) {
         h.insert(ENDPOINT_HEADER, v);
     }
     if let Some(s) = score {
-        let text = format!(
+        let mut text = format!(
             "total={:.3}, queue={:.3}, kv={:.3}, prefix={:.3}, saturated={}",
             s.total(),
             s.queue(),
@@ -380,6 +382,9 @@ fn explain(resp: &mut Response<Incoming>, ep: &Endpoint, score: Option<Score>) {
             s.prefix(),
             s.saturated
         );
+        if let Some(l) = s.lora() {
+            text.push_str(&format!(", lora={l:.3}"));
+        }
         if let Ok(v) = HeaderValue::try_from(text) {
             h.insert(SCORE_HEADER, v);
         }

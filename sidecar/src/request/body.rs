@@ -100,6 +100,9 @@ impl Body for ResponseBody {
         };
         match Pin::new(&mut u.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
+                if let (Some(g), Some(d)) = (u.guard.as_mut(), f.data_ref()) {
+                    g.relayed(d);
+                }
                 // The server stops polling once the body reports its end, so the last frame is
                 // where a known-length response completes.
                 if u.inner.is_end_stream() {

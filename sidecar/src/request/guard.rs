@@ -4,7 +4,8 @@
 //! the request path and handed down with the response body, which drops it when the stream ends,
 //! so every release happens exactly once whichever way the request finishes. A relayed response is
 //! counted then too, by its status, or as a 5xx when its stream was cut after the head (a
-//! timeout, an upstream failure): a client that received half a stream was not served.
+//! timeout, an upstream failure): a client that received half a stream was not served. An
+//! OpenAI-style response is metered as it streams (`tokens`), and its tally recorded then.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use crate::config::table::{Service, Variant};
 use crate::endpoint::state::InFlight;
 use crate::serving::Serving;
+use crate::tokens::{Ending, TokenMeter};
 use crate::upstream::pool::Lent;
 
 /// Released when the response stream ends (or the client leaves); the connection goes back to its
@@ -33,6 +35,11 @@ pub(crate) struct RequestGuard {
     /// The status of the response being relayed, counted when the stream ends.
     status: Option<StatusCode>,
     cut: bool,
+    completed: bool,
+    /// The request is an OpenAI-style generation: a successful response is metered.
+    generation: bool,
+    /// Boxed: most requests have none, and every in-flight request's future holds a guard.
+    tokens: Option<Box<TokenMeter>>,
 }
 
 impl RequestGuard {
@@ -50,7 +57,15 @@ impl RequestGuard {
             serving: None,
             status: None,
             cut: false,
+            completed: false,
+            generation: false,
+            tokens: None,
         }
+    }
+
+    /// The request is an OpenAI-style generation (its token metrics are wanted).
+    pub(crate) fn generation(&mut self) {
+        self.generation = true;
     }
 
     /// Keeps what the chosen try holds until the response ends.
@@ -80,9 +95,22 @@ impl RequestGuard {
         self.serving = None;
     }
 
-    /// A response with `status` is being relayed: it is counted when its stream ends.
-    pub(crate) fn relaying(&mut self, status: StatusCode) {
+    /// A response with `status` is being relayed: it is counted when its stream ends, and a
+    /// generation's successful response is metered.
+    pub(crate) fn relaying(&mut self, status: StatusCode, headers: &http::HeaderMap) {
         self.status = Some(status);
+        if self.generation && status.is_success() && self.variant.is_some() {
+            self.tokens =
+                TokenMeter::for_response(headers.get(http::header::CONTENT_TYPE), self.start)
+                    .map(Box::new);
+        }
+    }
+
+    /// A chunk of the response body went to the client.
+    pub(crate) fn relayed(&mut self, data: &[u8]) {
+        if let Some(m) = &mut self.tokens {
+            m.chunk(data, Instant::now());
+        }
     }
 
     /// The stream was cut after its head by a timeout or an upstream failure.
@@ -92,6 +120,7 @@ impl RequestGuard {
 
     /// The response body was read to the end: its connection can serve another request.
     pub(crate) fn complete(mut self) {
+        self.completed = true;
         if let Some(c) = self.conn.take() {
             c.release();
         }
@@ -124,6 +153,16 @@ impl Drop for RequestGuard {
             v.metrics
                 .latency
                 .observe(self.start.elapsed().as_secs_f64());
+            if let Some(m) = self.tokens.take() {
+                let ending = if self.cut {
+                    Ending::Cut
+                } else if self.completed {
+                    Ending::Complete
+                } else {
+                    Ending::Aborted
+                };
+                v.metrics.tokens.record(&m.tally(ending, Instant::now()));
+            }
         }
     }
 }

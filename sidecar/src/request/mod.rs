@@ -49,6 +49,7 @@ use crate::load::orca;
 use crate::routing::affinity::PrefixIndex;
 use crate::routing::prompt::Model;
 use crate::serving::LocalModels;
+use crate::tokens;
 use crate::trust::{MAX_HOPS, Trust};
 use crate::upstream::body::{Prepared, RequestBody, client_fault};
 use crate::upstream::forward::{self, ROUTED, Upstream};
@@ -157,6 +158,11 @@ impl Proxy {
             return ProxyError::NoVariant(svc.name.clone()).into_response();
         };
         let mut guard = RequestGuard::new(svc.clone(), Some(vi));
+        // Token metrics are taken by the first sidecar on the way, the one the client called,
+        // so each response is counted once and timed as its client sees it.
+        if hop == 1 && tokens::is_generation(head.uri.path()) {
+            guard.generation();
+        }
         prepare_head(head, &conn.forwarding, svc.protocol);
         let deadline = svc
             .timeouts
@@ -331,7 +337,7 @@ fn respond(
     match result {
         Ok(resp) => {
             let mut guard = guard;
-            guard.relaying(resp.status());
+            guard.relaying(resp.status(), resp.headers());
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
             detach::header_values(&mut parts.headers);

@@ -53,6 +53,8 @@ pub(crate) struct Balancer {
 pub(crate) struct Affinity<'a> {
     pub(crate) blocks: &'a [u64],
     pub(crate) index: &'a PrefixIndex,
+    /// The key of the request's model, for LoRA-adapter affinity.
+    pub(crate) model: Option<u64>,
 }
 
 /// The endpoint picked, and for InferenceAware the score that picked it.
@@ -179,9 +181,10 @@ impl Balancer {
         self.policy == LoadBalancingPolicy::InferenceAware
     }
 
-    /// Whether the request's prompt would be used: InferenceAware with a prefix weight.
+    /// Whether the request's prompt (or its model) would be used: InferenceAware with a
+    /// prefix or LoRA weight.
     pub(crate) fn wants_prompt(&self) -> bool {
-        self.is_inference_aware() && self.scoring.prefix > 0.0
+        self.is_inference_aware() && (self.scoring.prefix > 0.0 || self.scoring.lora > 0.0)
     }
 
     /// The endpoint of `eps` (the variant's, as given to [`Balancer::new`]) for this try.
@@ -221,12 +224,13 @@ impl Balancer {
             .iter()
             .map(|&i| eps[i].state.load.view(now, eps[i].state.in_flight()))
             .collect();
+        let model = affinity.and_then(|a| a.model);
         let affinity = affinity.filter(|a| self.scoring.prefix > 0.0 && !a.blocks.is_empty());
         let prefix = match affinity {
             Some(a) => prefix_scores(a, &cands, eps, &loads),
             None => vec![0.0; cands.len()],
         };
-        let (j, score) = self.scoring.choose(&loads, &prefix)?;
+        let (j, score) = self.scoring.choose(&loads, &prefix, model)?;
         let index = cands[j];
         // Remembered at the choice, not the response: the next request with this prefix,
         // often already on its way, follows it.

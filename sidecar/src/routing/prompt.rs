@@ -19,6 +19,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::load::adapters::model_key;
+
 /// Bodies up to this size are read for their prompt; larger ones are routed without affinity.
 pub(crate) const MAX_BODY: usize = 256 << 10;
 
@@ -29,6 +31,8 @@ pub(crate) const BLOCK: usize = 256;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Prompt {
     pub(crate) blocks: Vec<u64>,
+    /// The key of the body's `model` (`adapters::model_key`), for LoRA-adapter affinity.
+    pub(crate) model: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -255,7 +259,9 @@ impl Prompt {
             return None;
         }
         let parsed: Body<'_> = serde_json::from_slice(body).ok()?;
-        let seed = xxh3_64_with_seed(parsed.model.as_deref().unwrap_or("").as_bytes(), 0);
+        let model = parsed.model.as_deref().map(model_key);
+        // The model seeds the chain: another model (or adapter) caches apart.
+        let seed = model.unwrap_or_else(|| model_key(""));
         let mut chain = Chain::new(seed);
         match (&parsed.messages, &parsed.prompt) {
             (Some(messages), _) => {
@@ -273,7 +279,7 @@ impl Prompt {
             (None, None) => return None,
         }
         let blocks = chain.finish();
-        (!blocks.is_empty()).then_some(Prompt { blocks })
+        (!blocks.is_empty()).then_some(Prompt { blocks, model })
     }
 }
 

@@ -95,6 +95,7 @@ impl Admin {
                     "loaded": self.store.is_loaded(),
                     "config": t.config,
                     "refused": t.refused,
+                    "estimates": self.estimates(tokio::time::Instant::now()),
                 });
                 json(body)
             }
@@ -149,32 +150,37 @@ impl Admin {
             .collect();
         let mut out = serde_json::json!({ "models": models });
         if estimates {
-            let t = self.store.current();
-            let endpoints: Vec<serde_json::Value> = t
-                .services
-                .iter()
-                .flat_map(|svc| {
-                    svc.variants.iter().flat_map(move |v| {
-                        v.endpoints.iter().map(move |e| {
-                            let own = e.state.in_flight();
-                            let view = e.state.load.view(now, own);
-                            serde_json::json!({
-                                "service": svc.name,
-                                "variant": v.name,
-                                "address": e.address,
-                                "inFlight": own,
-                                "requests": view.requests,
-                                "waiting": view.waiting,
-                                "kvUsage": view.kv_usage,
-                                "reportAgeMs": view.age.map(|a| a.as_millis() as u64),
-                            })
+            out["endpoints"] = self.estimates(now).into();
+        }
+        out
+    }
+
+    /// What this sidecar believes of every endpoint it routes to, at `now`.
+    fn estimates(&self, now: tokio::time::Instant) -> Vec<serde_json::Value> {
+        let t = self.store.current();
+        t.services
+            .iter()
+            .flat_map(|svc| {
+                svc.variants.iter().flat_map(move |v| {
+                    v.endpoints.iter().map(move |e| {
+                        let own = e.state.in_flight();
+                        let view = e.state.load.view(now, own);
+                        serde_json::json!({
+                            "service": svc.name,
+                            "variant": v.name,
+                            "address": e.address,
+                            "inFlight": own,
+                            "requests": view.requests,
+                            "waiting": view.waiting,
+                            "kvUsage": view.kv_usage,
+                            "loraAdapters": view.adapters.keys().len(),
+                            "loraSlots": view.adapters.slots,
+                            "reportAgeMs": view.age.map(|a| a.as_millis() as u64),
                         })
                     })
                 })
-                .collect();
-            out["endpoints"] = endpoints.into();
-        }
-        out
+            })
+            .collect()
     }
 }
 

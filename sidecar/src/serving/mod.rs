@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::hash::ConfigMap;
+use crate::load::adapters::Adapters;
 use crate::load::engine::{Engine, EngineLoad};
 use crate::load::orca::LoadReport;
 
@@ -137,6 +138,11 @@ impl LocalModel {
             r.running = s.load.running;
             r.kv_usage = s.load.kv_usage;
             r.prefix_hit_rate = s.hit_rate.or(s.load.hit_rate_gauge);
+            if let Some(l) = &s.load.lora {
+                // Waiting adapters count as held: the engine is loading them for a request.
+                let names = l.running.iter().chain(&l.waiting).map(String::as_str);
+                r.adapters = Adapters::of(names, l.max);
+            }
         }
         r
     }
@@ -168,6 +174,8 @@ impl LocalModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::adapters::model_key;
+    use crate::load::engine::LoraInfo;
 
     #[tokio::test(start_paused = true)]
     async fn a_report_counts_what_is_in_flight_and_the_fresh_engine_reading() {
@@ -187,6 +195,11 @@ mod tests {
             kv_usage: Some(0.5),
             prefix_queries: Some(100.0),
             prefix_hits: Some(10.0),
+            lora: Some(LoraInfo {
+                running: vec!["sql-lora".into()],
+                waiting: vec!["chat-lora".into()],
+                max: Some(2),
+            }),
             ..Default::default()
         };
         let m = models.model("llm");
@@ -203,11 +216,15 @@ mod tests {
             (Some(1.0), Some(3.0), Some(0.5))
         );
         assert_eq!(r.prefix_hit_rate, Some(0.6));
+        assert!(
+            r.adapters.holds(model_key("sql-lora")) && r.adapters.holds(model_key("chat-lora"))
+        );
+        assert_eq!(r.adapters.has_room(), Some(false));
         // A reading too old is left out: the counts alone.
         let r = m.report(now + ENGINE_FRESH_FOR);
         assert_eq!(
-            (r.in_flight, r.waiting, r.kv_usage),
-            (Some(1.0), None, None)
+            (r.in_flight, r.waiting, r.kv_usage, r.adapters),
+            (Some(1.0), None, None, Adapters::default())
         );
         drop(b);
         models.retain(|_| false);

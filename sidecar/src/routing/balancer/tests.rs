@@ -170,12 +170,14 @@ fn only_a_prompt_longer_than_its_key_is_ranked_before_it_is_seen() {
     let a = Affinity {
         blocks: &short,
         index: &index,
+        model: None,
     };
     assert_eq!(prefix_scores(a, &cands, &eps, &loads), vec![0.0; 4]);
     let long: Vec<u64> = (1..=4 * KEY_BLOCKS as u64).collect();
     let a = Affinity {
         blocks: &long,
         index: &index,
+        model: None,
     };
     let scores = prefix_scores(a, &cands, &eps, &loads);
     assert_eq!(
@@ -193,6 +195,7 @@ fn only_a_prompt_longer_than_its_key_is_ranked_before_it_is_seen() {
     let a = Affinity {
         blocks: &short,
         index: &index,
+        model: None,
     };
     assert_eq!(
         prefix_scores(a, &cands, &eps, &loads),
