@@ -68,7 +68,7 @@ pub(crate) async fn run(store: Arc<ConfigStore>, admin_port: u16, mut stop: watc
             let (svc, address, state) = idle[(start + k) % idle.len()].clone();
             async move {
                 if let Some(r) = ask(&address, admin_port, &svc).await {
-                    state.load.report(r, Instant::now());
+                    state.load.report(r, Instant::now(), state.in_flight());
                 }
             }
         });

@@ -377,26 +377,34 @@ async fn a_lora_adapter_goes_to_the_endpoint_whose_engine_holds_it() {
             "messages": [{"role": "user", "content": format!("Question {i}?")}]}))
         .unwrap()
     };
-    // Every endpoint answers the base model until each has reported its engine's adapters
-    // (the pods read their engines every ~200 ms from the start).
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let mut seen = HashSet::new();
-    for i in 0..90 {
-        let r = chat(router.sidecar.inbound, body("m", i)).await;
-        assert_eq!(r.status, 200);
-        assert!(
-            !r.headers["x-infermesh-score"]
-                .to_str()
-                .unwrap()
-                .contains("lora="),
-            "no endpoint holds the base model as an adapter: not scored for it"
-        );
-        seen.insert(r.version().unwrap().to_owned());
-        if seen.len() == 3 {
-            break;
+    // The base model goes to every endpoint: once so that each pod starts reading its engine
+    // (it does from its first request), then again so that each has reported what its engine
+    // holds.
+    let warm = |round: usize| {
+        let router = router.sidecar.inbound;
+        async move {
+            let mut seen = HashSet::new();
+            for i in 0..90 {
+                let r = chat(router, body("m", 1000 * round + i)).await;
+                assert_eq!(r.status, 200);
+                assert!(
+                    !r.headers["x-infermesh-score"]
+                        .to_str()
+                        .unwrap()
+                        .contains("lora="),
+                    "no endpoint holds the base model as an adapter: not scored for it"
+                );
+                seen.insert(r.version().unwrap().to_owned());
+                if seen.len() == 3 {
+                    break;
+                }
+            }
+            assert_eq!(seen.len(), 3, "the base model went everywhere: {seen:?}");
         }
-    }
-    assert_eq!(seen.len(), 3, "the base model went everywhere: {seen:?}");
+    };
+    warm(0).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    warm(1).await;
     let mut to = HashMap::<String, u32>::new();
     for i in 0..20 {
         let r = chat(router.sidecar.inbound, body("sql-lora", i)).await;

@@ -1,13 +1,12 @@
 //! What a routing sidecar believes about an endpoint's load ([`LoadEstimate`]): the last report
 //! the endpoint's sidecar put on a response (`endpoint-load-metrics`), trusted for
-//! [`FRESH_FOR`], plus the requests this sidecar sent it since, less those of its requests that
-//! ended since. The report counts every caller's requests, which this sidecar's own in-flight
-//! count cannot see; what was sent after it is added because the report does not know it yet,
-//! and what ended after it is taken off because the report still counts it (a report rides on
-//! a response whose own request it counts: without this, an endpoint that just answered looks
-//! busy for [`FRESH_FOR`]). Between two reports the net count can run a little low (a request
-//! sent after the report was made but before it arrived, then ended); the own count is a floor. Without a fresh report, the view falls back to this
-//! sidecar's own count (the generic signal).
+//! [`FRESH_FOR`], changed by as much as this sidecar's own in-flight count there changed since.
+//! The report counts every caller's requests, which this sidecar's own count cannot see; a
+//! request this sidecar sent after it is added because the report does not know it yet, and
+//! one that ended after it is taken off because the report still counts it (a report rides on
+//! the response of a request it counts: without this, an endpoint that just answered would look
+//! busy for [`FRESH_FOR`]). The own count is a floor. Without a fresh report, the view falls
+//! back to this sidecar's own count (the generic signal).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,9 +26,8 @@ pub(crate) struct LoadEstimate(Mutex<Inner>);
 
 #[derive(Debug, Default)]
 struct Inner {
-    report: Option<(LoadReport, Instant)>,
-    /// Requests this sidecar sent the endpoint since the report, less those that ended since.
-    since: i32,
+    /// The report, when it came, and this sidecar's requests in flight there then.
+    report: Option<(LoadReport, Instant, u32)>,
 }
 
 /// The estimate at one moment, as the scorer reads it.
@@ -52,37 +50,25 @@ impl LoadEstimate {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A request is being sent to the endpoint.
-    pub(crate) fn sent(&self) {
-        let mut i = self.inner();
-        i.since = i.since.saturating_add(1);
-    }
-
-    /// A request this sidecar sent the endpoint ended (its response streamed, or it failed).
-    pub(crate) fn ended(&self) {
-        let mut i = self.inner();
-        i.since = i.since.saturating_sub(1);
-    }
-
-    /// The endpoint's sidecar reported `r` on a response received at `now`.
-    pub(crate) fn report(&self, r: LoadReport, now: Instant) {
-        let mut i = self.inner();
-        i.report = Some((r, now));
-        i.since = 0;
+    /// The endpoint's sidecar reported `r` on a response received at `now`, while this
+    /// sidecar had `own_in_flight` requests there (the one the response answers included).
+    pub(crate) fn report(&self, r: LoadReport, now: Instant, own_in_flight: u32) {
+        self.inner().report = Some((r, now, own_in_flight));
     }
 
     /// The load at `now`; `own_in_flight` is this sidecar's count of requests at the endpoint.
     pub(crate) fn view(&self, now: Instant, own_in_flight: u32) -> LoadView {
         let i = self.inner();
         let own = f64::from(own_in_flight);
-        let Some((r, at)) = i.report else {
+        let Some((r, at, own_then)) = i.report else {
             return LoadView::own(own);
         };
         let age = now.saturating_duration_since(at);
         if age >= FRESH_FOR {
             return LoadView::own(own);
         }
-        let since = f64::from(i.since);
+        // Sent since, less ended since.
+        let since = own - f64::from(own_then);
         let engine = r.waiting.zip(r.running).map(|(w, run)| w + run);
         let Some(reported) = r.in_flight.or(engine) else {
             return LoadView {
@@ -143,27 +129,24 @@ mod tests {
     async fn a_report_counts_every_callers_requests_plus_what_was_sent_since() {
         let e = LoadEstimate::default();
         let t0 = Instant::now();
-        e.sent();
-        e.report(report(6.0, 2.0, 0.5), t0);
-        e.sent();
-        e.sent();
-        let v = e.view(t0 + Duration::from_millis(100), 1);
+        // One request of ours in flight when the report came; two more sent since.
+        e.report(report(6.0, 2.0, 0.5), t0, 1);
+        let v = e.view(t0 + Duration::from_millis(100), 3);
         assert_eq!(v.requests, 8.0, "6 reported + 2 sent since");
         assert_eq!(v.waiting, Some(4.0));
         assert_eq!(v.kv_usage, Some(0.5));
         assert_eq!(v.age, Some(Duration::from_millis(100)));
-        // Own requests are a floor: a report can lag behind what this sidecar has just sent.
-        assert_eq!(e.view(t0, 20).requests, 20.0);
+        // Own requests are a floor: a report can lag behind what reached the endpoint.
+        e.report(report(0.0, 0.0, 0.1), t0, 3);
+        assert_eq!(e.view(t0, 3).requests, 3.0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn requests_that_ended_since_the_report_are_taken_off() {
         let e = LoadEstimate::default();
         let t0 = Instant::now();
-        // One request in flight; its response reports it (in flight 1), then it ends.
-        e.sent();
-        e.report(report(1.0, 0.0, 0.1), t0);
-        e.ended();
+        // The report rides on the response of our one request, and counts it; then it ends.
+        e.report(report(1.0, 0.0, 0.1), t0, 1);
         let v = e.view(t0 + Duration::from_millis(10), 0);
         assert_eq!(
             (v.requests, v.waiting),
@@ -171,17 +154,15 @@ mod tests {
             "idle once it ended"
         );
         // Sent and ended between two reports: no trace.
-        e.report(report(4.0, 1.0, 0.1), t0);
-        e.sent();
-        e.ended();
-        assert_eq!(e.view(t0, 0).requests, 4.0);
+        e.report(report(4.0, 1.0, 0.1), t0, 2);
+        assert_eq!(e.view(t0, 2).requests, 4.0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_stale_report_gives_way_to_the_own_count() {
         let e = LoadEstimate::default();
         let t0 = Instant::now();
-        e.report(report(9.0, 5.0, 0.9), t0);
+        e.report(report(9.0, 5.0, 0.9), t0, 1);
         assert_eq!(e.view(t0 + FRESH_FOR / 2, 1).requests, 9.0);
         let v = e.view(t0 + FRESH_FOR, 1);
         assert_eq!((v.requests, v.kv_usage, v.age), (1.0, None, None));
@@ -197,6 +178,7 @@ mod tests {
                 ..Default::default()
             },
             now,
+            2,
         );
         let v = e.view(now, 2);
         assert_eq!((v.requests, v.kv_usage), (2.0, Some(0.7)));

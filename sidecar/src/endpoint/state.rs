@@ -138,21 +138,7 @@ impl EndpointState {
     /// Marks a request as started; the returned guard ends it on drop.
     pub(crate) fn start(self: &std::sync::Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight {
-            state: self.clone(),
-            estimated: false,
-        }
-    }
-
-    /// As [`EndpointState::start`], for a request the load estimate counts (InferenceAware):
-    /// sent now, ended when the guard drops.
-    pub(crate) fn start_estimated(self: &std::sync::Arc<Self>) -> InFlight {
-        self.load.sent();
-        self.in_flight.fetch_add(1, Relaxed);
-        InFlight {
-            state: self.clone(),
-            estimated: true,
-        }
+        InFlight(self.clone())
     }
 
     fn nanos(&self, t: Instant) -> u64 {
@@ -222,18 +208,11 @@ impl EndpointState {
 
 /// One request in flight on an endpoint.
 #[derive(Debug)]
-pub(crate) struct InFlight {
-    state: std::sync::Arc<EndpointState>,
-    /// Counted by the load estimate too.
-    estimated: bool,
-}
+pub(crate) struct InFlight(std::sync::Arc<EndpointState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Relaxed);
-        if self.estimated {
-            self.state.load.ended();
-        }
+        self.0.in_flight.fetch_sub(1, Relaxed);
     }
 }
 

@@ -221,11 +221,7 @@ impl Attempts<'_> {
             // One try, in a block of its own: what it holds (the outcome, the failure) is gone
             // before the backoff below, so a request's future does not carry it while it waits.
             {
-                let in_flight = if variant.balancer.is_inference_aware() {
-                    ep.state.start_estimated()
-                } else {
-                    ep.state.start()
-                };
+                let in_flight = ep.state.start();
                 // This pod's own model counts this request too, as it counts its peers' (for
                 // services whose load is reported).
                 if ep.local && svc.reports_load {
@@ -346,11 +342,11 @@ impl Attempts<'_> {
         if ep.meshed {
             let header = resp.headers_mut().remove(orca::HEADER);
             if aware && let Some(r) = header.and_then(|v| LoadReport::parse(v.as_bytes())) {
-                ep.state.load.report(r, now);
+                ep.state.load.report(r, now, ep.state.in_flight());
             }
         } else if aware && ep.local {
             let r = self.proxy.local.model(&self.svc.name).report(now);
-            ep.state.load.report(r, now);
+            ep.state.load.report(r, now, ep.state.in_flight());
         }
     }
 

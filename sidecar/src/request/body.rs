@@ -14,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::guard::RequestGuard;
 use crate::detach;
+use crate::tokens::{Ending, TokenMeter};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,6 +42,8 @@ pub(crate) struct Relayed {
     timer: Option<Pin<Box<Sleep>>>,
     /// Held until the stream ends: releases in-flight, slot and records latency on drop.
     guard: Option<RequestGuard>,
+    /// The token meter of an OpenAI-style generation's response.
+    tokens: Option<TokenMeter>,
 }
 
 impl ResponseBody {
@@ -54,6 +57,7 @@ impl ResponseBody {
         idle: Option<Duration>,
         deadline: Option<Instant>,
         guard: RequestGuard,
+        tokens: Option<TokenMeter>,
     ) -> Self {
         let idle = idle.filter(|i| Instant::now().checked_add(*i).is_some());
         let first = match (idle.map(|i| Instant::now() + i), deadline) {
@@ -70,6 +74,7 @@ impl ResponseBody {
             idle,
             deadline,
             guard: Some(guard),
+            tokens,
         };
         // A response without a body (HEAD, 204, 304) is complete already; the server may never
         // poll it.
@@ -100,8 +105,9 @@ impl Body for ResponseBody {
         };
         match Pin::new(&mut u.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
-                if let (Some(g), Some(d)) = (u.guard.as_mut(), f.data_ref()) {
-                    g.relayed(d);
+                // Shown to the meter as it goes to the client, never held back for it.
+                if let (Some(m), Some(d)) = (u.tokens.as_mut(), f.data_ref()) {
+                    m.chunk(d, Instant::now());
                 }
                 // The server stops polling once the body reports its end, so the last frame is
                 // where a known-length response completes.
@@ -167,11 +173,31 @@ impl Relayed {
     /// Releases the request's bookkeeping; a complete response also frees its connection.
     fn finish(&mut self, end: End) {
         self.timer = None;
+        self.tally(match end {
+            End::Complete => Ending::Complete,
+            End::Cut => Ending::Cut,
+        });
         if let Some(g) = self.guard.take() {
             match end {
                 End::Complete => g.complete(),
                 End::Cut => g.cut(),
             }
         }
+    }
+}
+
+impl Relayed {
+    /// Records what the token meter saw, once the stream ended that way.
+    fn tally(&mut self, ending: Ending) {
+        if let (Some(m), Some(g)) = (self.tokens.take(), &self.guard) {
+            g.record_tokens(&m.tally(ending, Instant::now()));
+        }
+    }
+}
+
+impl Drop for Relayed {
+    /// Dropped before its end: the client went away.
+    fn drop(&mut self) {
+        self.tally(Ending::Aborted);
     }
 }

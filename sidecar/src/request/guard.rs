@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::config::table::{Service, Variant};
 use crate::endpoint::state::InFlight;
 use crate::serving::Serving;
-use crate::tokens::{Ending, TokenMeter};
+use crate::tokens::{Ending, Tally, TokenMeter};
 use crate::upstream::pool::Lent;
 
 /// Released when the response stream ends (or the client leaves); the connection goes back to its
@@ -34,12 +34,11 @@ pub(crate) struct RequestGuard {
     serving: Option<Serving>,
     /// The status of the response being relayed, counted when the stream ends.
     status: Option<StatusCode>,
-    cut: bool,
-    completed: bool,
+    /// How the stream ended: `Aborted` until it is complete or cut (a client that leaves
+    /// drops the guard without either).
+    ending: Ending,
     /// The request is an OpenAI-style generation: a successful response is metered.
     generation: bool,
-    /// Boxed: most requests have none, and every in-flight request's future holds a guard.
-    tokens: Option<Box<TokenMeter>>,
 }
 
 impl RequestGuard {
@@ -56,10 +55,8 @@ impl RequestGuard {
             conn: None,
             serving: None,
             status: None,
-            cut: false,
-            completed: false,
+            ending: Ending::Aborted,
             generation: false,
-            tokens: None,
         }
     }
 
@@ -95,34 +92,37 @@ impl RequestGuard {
         self.serving = None;
     }
 
-    /// A response with `status` is being relayed: it is counted when its stream ends, and a
-    /// generation's successful response is metered.
-    pub(crate) fn relaying(&mut self, status: StatusCode, headers: &http::HeaderMap) {
+    /// A response with `status` is being relayed: it is counted when its stream ends. For a
+    /// generation's successful response, the meter its body keeps (`request::body`).
+    pub(crate) fn relaying(
+        &mut self,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+    ) -> Option<TokenMeter> {
         self.status = Some(status);
-        if self.generation && status.is_success() && self.variant.is_some() {
-            self.tokens =
-                TokenMeter::for_response(headers.get(http::header::CONTENT_TYPE), self.start)
-                    .map(Box::new);
+        if !(self.generation && status.is_success() && self.variant.is_some()) {
+            return None;
         }
-    }
-
-    /// A chunk of the response body went to the client.
-    pub(crate) fn relayed(&mut self, data: &[u8]) {
-        if let Some(m) = &mut self.tokens {
-            m.chunk(data, Instant::now());
-        }
+        TokenMeter::for_response(headers.get(http::header::CONTENT_TYPE), self.start)
     }
 
     /// The stream was cut after its head by a timeout or an upstream failure.
     pub(crate) fn cut(mut self) {
-        self.cut = true;
+        self.ending = Ending::Cut;
     }
 
     /// The response body was read to the end: its connection can serve another request.
     pub(crate) fn complete(mut self) {
-        self.completed = true;
+        self.ending = Ending::Complete;
         if let Some(c) = self.conn.take() {
             c.release();
+        }
+    }
+
+    /// Records a metered response's tally (its body saw the stream end).
+    pub(crate) fn record_tokens(&self, tally: &Tally) {
+        if let Some(v) = self.variant() {
+            v.metrics.tokens.record(tally);
         }
     }
 
@@ -142,7 +142,7 @@ impl Drop for RequestGuard {
         self.conn.take();
         if let Some(v) = self.variant.map(|v| &self.service.variants[usize::from(v)]) {
             match self.status {
-                Some(_) if self.cut => {
+                Some(_) if self.ending == Ending::Cut => {
                     v.metrics.count(StatusCode::BAD_GATEWAY);
                     v.metrics.streams_cut.inc();
                 }
@@ -153,16 +153,6 @@ impl Drop for RequestGuard {
             v.metrics
                 .latency
                 .observe(self.start.elapsed().as_secs_f64());
-            if let Some(m) = self.tokens.take() {
-                let ending = if self.cut {
-                    Ending::Cut
-                } else if self.completed {
-                    Ending::Complete
-                } else {
-                    Ending::Aborted
-                };
-                v.metrics.tokens.record(&m.tally(ending, Instant::now()));
-            }
         }
     }
 }

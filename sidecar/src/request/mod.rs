@@ -337,13 +337,13 @@ fn respond(
     match result {
         Ok(resp) => {
             let mut guard = guard;
-            guard.relaying(resp.status(), resp.headers());
+            let tokens = guard.relaying(resp.status(), resp.headers());
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
             detach::header_values(&mut parts.headers);
             Response::from_parts(
                 parts,
-                ResponseBody::relayed(body, timeouts.idle, deadline, guard),
+                ResponseBody::relayed(body, timeouts.idle, deadline, guard, tokens),
             )
         }
         Err(e) => {
