@@ -29,9 +29,10 @@ const MAX_JSON: usize = 1 << 20;
 /// A model name longer than this is not a label.
 const MAX_MODEL: usize = 128;
 
-/// Whether a request path is an OpenAI-style generation: the responses metered.
+/// Whether a request path is an OpenAI-style generation (`/v1/completions`,
+/// `/v1/chat/completions`): the responses metered.
 pub(crate) fn is_generation(path: &str) -> bool {
-    path.ends_with("/chat/completions") || path.ends_with("/completions")
+    path.ends_with("/completions")
 }
 
 /// How a metered response's stream ended.
