@@ -1,7 +1,7 @@
 //! Prefix affinity on the local cluster: two ModelServices over three engine simulators each
 //! (cost-model mode, a KV cache that holds about two of the prompts), one balanced by
 //! RoundRobin, the other with `engine: vLLM` (so InferenceAware). A client pod sends both the
-//! same load through its sidecar: six long system prompts shared by many distinct questions.
+//! same load through its sidecar: five long system prompts shared by many distinct questions.
 //! With affinity each simulator keeps its share of the prompts cached; round robin sends every
 //! prompt everywhere, and the caches thrash. The simulators' own prefix-cache counters tell.
 
@@ -12,8 +12,11 @@ use infermesh_e2e::operator::kubeconfig_or_skip;
 
 /// Pods per ModelService.
 const PODS: usize = 3;
-/// Distinct system prompts in the load.
-const PROMPTS: u64 = 6;
+/// Distinct system prompts in the load. Request i carries prompt i mod PROMPTS and round robin
+/// sends it to pod i mod PODS, so a count that PODS divides would hand each pod a fixed pair of
+/// prompts and give round robin perfect affinity by accident; five cycles every prompt through
+/// every pod, as a real mix of users would.
+const PROMPTS: u64 = 5;
 
 fn manifests(name: &str, balancing: &str) -> String {
     format!(
