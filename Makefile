@@ -8,7 +8,7 @@ KUBECONFIG_PATH := $(CURDIR)/build/cluster/kubeconfig
 export PATH := $(CURDIR)/build/bin:/usr/local/go/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: help deps demo demo-llm llama-server test unit lint e2e cluster-up cluster-down cluster-status kubeconfig \
-	manifests bench bench-hardening bench-pools bench-inference images verify-down kind-e2e
+	manifests bench bench-hardening bench-pools bench-inference images verify-down kind-e2e kubectl-plugin
 
 help:
 	@echo "make demo          local cluster, infermesh installed, a 90/10 canary split measured, then 50/50"
@@ -21,6 +21,7 @@ help:
 	@echo "make kubeconfig    print the kubeconfig path: export KUBECONFIG=\$$(make -s kubeconfig)"
 	@echo "make images        build the project's images and import them into the local cluster"
 	@echo "make llama-server  build llama-server and fetch SmolLM2 (cached in ~/.cache/infermesh)"
+	@echo "make kubectl-plugin  build kubectl-infermesh into build/bin (kubectl infermesh stat|top|check)"
 	@echo "make manifests     regenerate deploy/crds from the Rust types"
 	@echo "make bench         run the benchmarks (hack/bench.sh)"
 	@echo "make bench-hardening  memory and CPU under hostile clients (bench/hardening.py)"
@@ -79,6 +80,13 @@ demo-llm: deps
 
 llama-server:
 	@hack/llama-server.sh
+
+# `kubectl infermesh` (stat, top, check): kubectl runs any kubectl-<name> on its PATH, and
+# build/bin comes first on the PATH of every target here.
+kubectl-plugin:
+	cargo build --release --locked -p kubectl-infermesh
+	mkdir -p build/bin
+	install -m 0755 $${CARGO_TARGET_DIR:-target}/release/kubectl-infermesh build/bin/kubectl-infermesh
 
 # The same e2e suite on kind where kind and Docker work; otherwise a skip message and exit 0.
 kind-e2e:

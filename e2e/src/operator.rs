@@ -169,34 +169,38 @@ impl Drop for TestNamespace {
     }
 }
 
-/// Path of the operator binary: `$INFERMESH_OPERATOR_BIN`, else built from this checkout with
-/// cargo (an up-to-date build costs about a second; cargo releases its lock before running tests).
+/// Path of the operator binary: `$INFERMESH_OPERATOR_BIN`, else built from this checkout.
 pub fn operator_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("INFERMESH_OPERATOR_BIN") {
-            return PathBuf::from(p);
-        }
-        let root = repo_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args([
-                "build",
-                "-p",
-                "infermesh-operator",
-                "--bin",
-                "infermesh-operator",
-            ])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building infermesh-operator failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        target.join("debug/infermesh-operator")
+        built_binary(
+            "infermesh-operator",
+            "infermesh-operator",
+            "INFERMESH_OPERATOR_BIN",
+        )
     })
     .clone()
+}
+
+/// Path of binary `bin` of workspace package `package`: `$<env>` when set, else built from this
+/// checkout with cargo (an up-to-date build costs about a second; cargo releases its lock before
+/// running tests).
+pub fn built_binary(package: &str, bin: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    let root = repo_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-p", package, "--bin", bin])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {bin} failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join(bin)
 }
 
 /// A free loopback port for an admin server.

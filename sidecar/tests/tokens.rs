@@ -1,7 +1,7 @@
 //! Token metrics on loopback, against a model server that sends its response head at once and
 //! its tokens later: time to first token is the first token's, not the head's; time per output
 //! token is the server's interval; `usage` counts are taken exactly; a client that leaves and a
-//! stream cut by the idle timeout are counted as what they are.
+//! stream cut by the idle timeout are counted as what they are; `/stats` sums them over a window.
 
 mod common;
 
@@ -291,5 +291,74 @@ async fn a_client_that_leaves_and_an_idle_timeout_are_counted_as_what_they_are()
     assert_eq!(
         series(&m, "infermesh_requests_total", &["class=\"2xx\""]),
         Some(0.0)
+    );
+    let v = stats_with(&s.sidecar, 1).await;
+    assert_eq!(
+        v["failures"], 1,
+        "a cut stream is a failure in /stats too: {v}"
+    );
+}
+
+/// The variant `variant` of `llm` in the sidecar's `/stats` once it counts `requests`.
+async fn stats_with(s: &infermesh_sidecar::Sidecar, requests: u64) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = admin(s, "/stats?since=1m").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let variant = v["variants"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["service"] == "llm").cloned())
+            .unwrap_or_else(|| panic!("llm in {v}"));
+        if variant["requests"] == requests || tokio::time::Instant::now() > deadline {
+            return variant;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The count of `hist` (`{bounds, counts}`) in the bucket whose upper bound is `bound`.
+fn in_bucket(hist: &serde_json::Value, bound: f64) -> u64 {
+    let i = hist["bounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|b| b.as_f64() == Some(bound))
+        .unwrap();
+    hist["counts"][i].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stats_window_sums_the_streams_this_sidecar_routed() {
+    let backend = model_server(Stream {
+        first: Duration::from_millis(300),
+        interval: Duration::from_millis(40),
+        tokens: 11,
+        usage: true,
+        stall_after: None,
+    })
+    .await;
+    let s = sidecar(&llm_config(backend, json!({}))).await;
+    let idle = stats_with(&s.sidecar, 0).await;
+    assert_eq!(idle["requests"], 0, "{idle}");
+    let streams = (0..3).map(|_| stream_chat(s.sidecar.inbound, None));
+    for (status, _) in futures::future::join_all(streams).await {
+        assert_eq!(status, 200);
+    }
+    let v = stats_with(&s.sidecar, 3).await;
+    assert_eq!(v["variant"], "v1");
+    assert_eq!(
+        (v["requests"].as_u64(), v["failures"].as_u64()),
+        (Some(3), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["outputTokens"], 33, "usage's completion tokens: {v}");
+    assert_eq!(v["inFlight"], 0);
+    assert_eq!(in_bucket(&v["ttft"], 0.5), 3, "300 ms first tokens: {v}");
+    assert_eq!(in_bucket(&v["tpot"], 0.05), 3, "40 ms intervals: {v}");
+    let seconds = v["seconds"].as_f64().unwrap();
+    assert!(
+        seconds > 0.0 && seconds < 60.0,
+        "a young variant: {seconds}"
     );
 }

@@ -5,7 +5,8 @@
 //! so every release happens exactly once whichever way the request finishes. A relayed response is
 //! counted then too, by its status, or as a 5xx when its stream was cut after the head (a
 //! timeout, an upstream failure): a client that received half a stream was not served. An
-//! OpenAI-style response is metered as it streams (`tokens`), and its tally recorded then.
+//! OpenAI-style response is metered as it streams (`tokens`), and its tally recorded then. The
+//! sidecar a client called also counts the request in its variant's `/stats` window.
 
 use std::sync::Arc;
 
@@ -37,8 +38,20 @@ pub(crate) struct RequestGuard {
     /// How the stream ended: `Aborted` until it is complete or cut (a client that leaves
     /// drops the guard without either).
     ending: Ending,
-    /// The request is an OpenAI-style generation: a successful response is metered.
-    generation: bool,
+    /// What this sidecar takes of the request as the first to route it (one byte: every
+    /// in-flight request's future holds a guard).
+    taken: Taken,
+}
+
+/// What the sidecar a client called takes of its request; later hops take nothing, so the mesh
+/// counts each request once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    Nothing,
+    /// Counted in the variant's `/stats` window.
+    Counted,
+    /// Counted, and an OpenAI-style generation: a successful response is metered.
+    Metered,
 }
 
 impl RequestGuard {
@@ -56,13 +69,29 @@ impl RequestGuard {
             serving: None,
             status: None,
             ending: Ending::Aborted,
-            generation: false,
+            taken: Taken::Nothing,
         }
     }
 
-    /// The request is an OpenAI-style generation (its token metrics are wanted).
+    /// This sidecar is the first to route the request: it is counted in the `/stats` window.
+    pub(crate) fn first_hop(&mut self) {
+        if let Some(v) = self.variant() {
+            v.metrics.tokens.recent.started();
+            self.taken = Taken::Counted;
+        }
+    }
+
+    /// The request failed before any response head: it is answered with `status`.
+    pub(crate) fn failed(&mut self, status: StatusCode) {
+        self.status = Some(status);
+    }
+
+    /// The request, which this sidecar routes first, is an OpenAI-style generation (its token
+    /// metrics are wanted).
     pub(crate) fn generation(&mut self) {
-        self.generation = true;
+        if self.taken == Taken::Counted {
+            self.taken = Taken::Metered;
+        }
     }
 
     /// Keeps what the chosen try holds until the response ends.
@@ -100,7 +129,7 @@ impl RequestGuard {
         headers: &http::HeaderMap,
     ) -> Option<TokenMeter> {
         self.status = Some(status);
-        if !(self.generation && status.is_success() && self.variant.is_some()) {
+        if !(self.taken == Taken::Metered && status.is_success()) {
             return None;
         }
         TokenMeter::for_response(headers.get(http::header::CONTENT_TYPE), self.start)
@@ -141,13 +170,18 @@ impl Drop for RequestGuard {
         self.permit.take();
         self.conn.take();
         if let Some(v) = self.variant.map(|v| &self.service.variants[usize::from(v)]) {
-            match self.status {
+            let counted = match self.status {
                 Some(_) if self.ending == Ending::Cut => {
-                    v.metrics.count(StatusCode::BAD_GATEWAY);
                     v.metrics.streams_cut.inc();
+                    Some(StatusCode::BAD_GATEWAY)
                 }
-                Some(status) => v.metrics.count(status),
-                None => {}
+                status => status,
+            };
+            if let Some(status) = counted {
+                v.metrics.count(status);
+            }
+            if self.taken != Taken::Nothing {
+                v.metrics.tokens.recent.ended(Instant::now(), counted);
             }
             v.metrics.in_flight.dec();
             v.metrics

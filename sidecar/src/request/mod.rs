@@ -158,10 +158,14 @@ impl Proxy {
             return ProxyError::NoVariant(svc.name.clone()).into_response();
         };
         let mut guard = RequestGuard::new(svc.clone(), Some(vi));
-        // Token metrics are taken by the first sidecar on the way, the one the client called,
-        // so each response is counted once and timed as its client sees it.
-        if hop == 1 && tokens::is_generation(head.uri.path()) {
-            guard.generation();
+        // Token metrics and the `/stats` window are taken by the first sidecar on the way, the
+        // one the client called, so each response is counted once and timed as its client sees
+        // it.
+        if hop == 1 {
+            guard.first_hop();
+            if tokens::is_generation(head.uri.path()) {
+                guard.generation();
+            }
         }
         prepare_head(head, &conn.forwarding, svc.protocol);
         let deadline = svc
@@ -347,9 +351,8 @@ fn respond(
             )
         }
         Err(e) => {
-            if let Some(v) = guard.variant() {
-                v.metrics.count(e.status());
-            }
+            let mut guard = guard;
+            guard.failed(e.status());
             tracing::debug!(service = %guard.service().name, error = %e, "request failed");
             e.into_response()
         }

@@ -1,10 +1,11 @@
 //! The admin port (15020): `/live` (always 200 while the process serves), `/ready` (503 until a
 //! config is loaded and the listeners are up, and again while draining), `/metrics` (Prometheus
 //! text), `/config` (the config in force, with its revision, as JSON) and `/load` (this pod's
-//! models' load as it reports it to peers; from localhost also every endpoint's estimate).
+//! models' load as it reports it to peers; from localhost also every endpoint's estimate) and
+//! `/stats` (each variant's requests over the last minutes, for `kubectl infermesh stat`).
 //!
-//! Probes and metrics answer anyone who reaches the port (the kubelet, Prometheus, the
-//! operator). `/config` lists every endpoint of the namespace, pod names and IPs: it answers only
+//! Probes, metrics and stats answer anyone who reaches the port (the kubelet, Prometheus, the
+//! operator, the API server's pod proxy). `/config` lists every endpoint of the namespace, pod names and IPs: it answers only
 //! on localhost, that is from inside the pod (`kubectl exec`) or through `kubectl port-forward`.
 //!
 //! Once a config is loaded, every `/ready` answer carries the revision in force in an
@@ -26,11 +27,15 @@ use infermesh_crds::REVISION_HEADER;
 
 use crate::config::store::ConfigStore;
 use crate::load::orca;
+use crate::metrics::window;
 use crate::request::body::ResponseBody;
 use crate::serving::LocalModels;
 
 const CONFIG_PATH: &str = "/config";
 const LOAD_PATH: &str = "/load";
+const STATS_PATH: &str = "/stats";
+/// The window `/stats` sums over when no `since` is given.
+const DEFAULT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(crate) struct Admin {
     pub(crate) store: Arc<ConfigStore>,
@@ -112,9 +117,13 @@ impl Admin {
                 }
                 r
             }
+            STATS_PATH => match since(query) {
+                Ok(window) => json(self.stats(window)),
+                Err(why) => text(StatusCode::BAD_REQUEST, why),
+            },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "unknown path: try /ready, /live, /metrics, /config, /load\n",
+                "unknown path: try /ready, /live, /metrics, /config, /load, /stats\n",
             ),
         }
     }
@@ -155,6 +164,31 @@ impl Admin {
         out
     }
 
+    /// Each variant's requests as this sidecar routed them over the last `window` (what
+    /// `kubectl infermesh stat` sums over pods): counts, failures, output tokens, TTFT and TPOT
+    /// buckets. Aggregates only, no endpoint: it answers anyone, as `/metrics` does.
+    fn stats(&self, window: std::time::Duration) -> serde_json::Value {
+        let now = tokio::time::Instant::now();
+        let t = self.store.current();
+        let variants: Vec<serde_json::Value> = t
+            .services
+            .iter()
+            .flat_map(|svc| {
+                svc.variants.iter().map(move |v| {
+                    let mut s = serde_json::json!(v.metrics.tokens.recent.summary(now, window));
+                    s["service"] = svc.name.as_str().into();
+                    s["variant"] = v.name.as_str().into();
+                    s
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "revision": t.revision,
+            "windowSeconds": window.clamp(window::SLOT, window::MAX_WINDOW).as_secs(),
+            "variants": variants,
+        })
+    }
+
     /// What this sidecar believes of every endpoint it routes to, at `now`.
     fn estimates(&self, now: tokio::time::Instant) -> Vec<serde_json::Value> {
         let t = self.store.current();
@@ -181,6 +215,22 @@ impl Admin {
                 })
             })
             .collect()
+    }
+}
+
+/// The `since` of a `/stats` query (`?since=5m`; Go-style durations as in the CRD), or why not.
+fn since(query: Option<&str>) -> Result<std::time::Duration, String> {
+    let Some(raw) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
+    else {
+        return Ok(DEFAULT_WINDOW);
+    };
+    match humantime::parse_duration(raw) {
+        Ok(d) if d >= window::SLOT && d <= window::MAX_WINDOW => Ok(d),
+        _ => Err(format!(
+            "since={raw}: give a duration from {}s to {}s, e.g. since=1m\n",
+            window::SLOT.as_secs(),
+            window::MAX_WINDOW.as_secs()
+        )),
     }
 }
 
@@ -268,6 +318,18 @@ mod tests {
         assert_eq!(status(pod, "/load"), StatusCode::OK);
         assert!(admin.load(false).get("endpoints").is_none());
         assert!(admin.load(true)["endpoints"].is_array());
+        // The stats of every variant answer anyone (the API server's pod proxy), over a window
+        // the query bounds.
+        assert_eq!(status(pod, "/stats"), StatusCode::OK);
+        let stats = |q| admin.answer(pod, &Method::GET, "/stats", Some(q));
+        assert_eq!(stats("since=5s").status(), StatusCode::BAD_REQUEST);
+        assert_eq!(stats("since=1h").status(), StatusCode::BAD_REQUEST);
+        assert_eq!(stats("since=soon").status(), StatusCode::BAD_REQUEST);
+        assert_eq!(stats("since=2m").status(), StatusCode::OK);
+        assert_eq!(
+            admin.stats(std::time::Duration::from_secs(120))["windowSeconds"],
+            120
+        );
         // Not ready (no config yet), but answered.
         assert_eq!(status(pod, "/ready"), StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -15,6 +15,8 @@ use prometheus_client::registry::Registry;
 
 use crate::tokens::Tally;
 
+pub(crate) mod window;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct VariantLabels {
     pub(crate) service: String,
@@ -89,16 +91,19 @@ pub(crate) struct FinishLabels {
 
 type Hist = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
-// Bucket boundaries recommended by the OpenTelemetry GenAI semantic conventions.
+// Bucket boundaries recommended by the OpenTelemetry GenAI semantic conventions (the `/stats`
+// window keeps the same ones).
+pub(crate) const TTFT_BOUNDS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+pub(crate) const TPOT_BOUNDS: [f64; 13] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
 fn ttft_histogram() -> Histogram {
-    Histogram::new([
-        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    ])
+    Histogram::new(TTFT_BOUNDS)
 }
 fn tpot_histogram() -> Histogram {
-    Histogram::new([
-        0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
-    ])
+    Histogram::new(TPOT_BOUNDS)
 }
 fn generation_duration_histogram() -> Histogram {
     Histogram::new([
@@ -202,13 +207,15 @@ impl TokenFamilies {
     }
 }
 
-/// One variant's token metrics, with the model names seen so far.
+/// One variant's token metrics, with the model names seen so far, and its recent requests (the
+/// `/stats` window); kept across configs.
 #[derive(Debug)]
 pub(crate) struct VariantTokens {
     service: String,
     variant: String,
     families: TokenFamilies,
     models: Mutex<Vec<String>>,
+    pub(crate) recent: window::Window,
 }
 
 impl VariantTokens {
@@ -273,6 +280,12 @@ impl VariantTokens {
 
     /// Records one metered response.
     pub(crate) fn record(&self, t: &Tally) {
+        self.recent.tokens(
+            tokio::time::Instant::now(),
+            t.ttft,
+            t.tpot,
+            t.output.map(|(n, _)| n),
+        );
         let f = &self.families;
         let labels = ModelLabels {
             service: self.service.clone(),
@@ -564,6 +577,7 @@ impl Metrics {
                         variant: variant.to_owned(),
                         families: self.tokens.clone(),
                         models: Mutex::new(Vec::new()),
+                        recent: window::Window::new(tokio::time::Instant::now()),
                     })
                 })
                 .clone(),
