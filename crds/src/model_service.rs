@@ -320,9 +320,10 @@ pub struct Retries {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
     /// Failures that may be retried: connect-failure, reset, 5xx, gateway-error (502/503/504),
-    /// retriable-status-codes (the codes in retriableStatusCodes). Default: connect-failure.
+    /// retriable-status-codes (the codes in retriableStatusCodes), and for gRPC unavailable and
+    /// resource-exhausted (that grpc-status in a trailers-only answer). Default: connect-failure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 5))]
+    #[schemars(length(max = 7))]
     pub retry_on: Vec<RetryOn>,
     /// HTTP status codes (100-599) retried when retryOn lists retriable-status-codes. At most 16.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -360,6 +361,14 @@ pub enum RetryOn {
     /// A status code listed in retriableStatusCodes.
     #[serde(rename = "retriable-status-codes")]
     RetriableStatusCodes,
+    /// A gRPC answer with grpc-status UNAVAILABLE (14) in its head (a trailers-only response):
+    /// the server did not take the call, so it is retried whatever the method.
+    #[serde(rename = "unavailable")]
+    Unavailable,
+    /// A gRPC answer with grpc-status RESOURCE_EXHAUSTED (8) in its head: the server refused
+    /// the call for want of capacity, so it is retried whatever the method.
+    #[serde(rename = "resource-exhausted")]
+    ResourceExhausted,
 }
 
 /// Exponential backoff: the n-th retry waits min(base * 2^n, max), randomised by `jitter`.

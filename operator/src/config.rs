@@ -175,6 +175,8 @@ fn retries(spec: &ModelServiceSpec) -> RetryConfig {
                 api::RetryOn::ServerError => mesh::RetryOn::ServerError,
                 api::RetryOn::GatewayError => mesh::RetryOn::GatewayError,
                 api::RetryOn::RetriableStatusCodes => mesh::RetryOn::RetriableStatusCodes,
+                api::RetryOn::Unavailable => mesh::RetryOn::Unavailable,
+                api::RetryOn::ResourceExhausted => mesh::RetryOn::ResourceExhausted,
             })
             .collect();
     }

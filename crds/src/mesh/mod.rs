@@ -228,6 +228,10 @@ pub enum RetryOn {
     ServerError,
     GatewayError,
     RetriableStatusCodes,
+    /// gRPC UNAVAILABLE in a trailers-only answer.
+    Unavailable,
+    /// gRPC RESOURCE_EXHAUSTED in a trailers-only answer.
+    ResourceExhausted,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -98,6 +98,9 @@ pub(crate) struct RetryPolicy {
     pub(crate) on_reset: bool,
     pub(crate) on_5xx: bool,
     pub(crate) on_gateway_error: bool,
+    /// gRPC UNAVAILABLE / RESOURCE_EXHAUSTED in a trailers-only answer.
+    pub(crate) on_unavailable: bool,
+    pub(crate) on_resource_exhausted: bool,
     pub(crate) statuses: Vec<u16>,
     /// Non-idempotent requests are retried like idempotent ones (`retryNonIdempotent`).
     pub(crate) non_idempotent: bool,
@@ -114,6 +117,8 @@ impl RetryPolicy {
             on_reset: has(RetryOn::Reset),
             on_5xx: has(RetryOn::ServerError),
             on_gateway_error: has(RetryOn::GatewayError),
+            on_unavailable: has(RetryOn::Unavailable),
+            on_resource_exhausted: has(RetryOn::ResourceExhausted),
             statuses: if has(RetryOn::RetriableStatusCodes) {
                 c.retriable_status_codes.clone()
             } else {
@@ -134,6 +139,13 @@ impl RetryPolicy {
         (self.on_5xx && (500..600).contains(&status))
             || (self.on_gateway_error && matches!(status, 502..=504))
             || self.statuses.contains(&status)
+    }
+
+    /// Whether a gRPC answer with `code` in its head may be retried.
+    pub(crate) fn retries_grpc(&self, code: u32) -> bool {
+        use crate::upstream::grpc::{RESOURCE_EXHAUSTED, UNAVAILABLE};
+        (self.on_unavailable && code == UNAVAILABLE)
+            || (self.on_resource_exhausted && code == RESOURCE_EXHAUSTED)
     }
 
     /// A per-try timeout counts as a retriable failure when any failure-class condition is set.

@@ -31,9 +31,9 @@ use crate::routing::balancer::{Affinity, Choice, Tried};
 use crate::routing::prompt::Prompt;
 use crate::routing::score::Score;
 use crate::upstream::body::{self, Prepared, RequestBody, Unreplayable, client_fault};
-use crate::upstream::forward;
 use crate::upstream::pool::Lent;
 use crate::upstream::replay::ReplayHold;
+use crate::upstream::{forward, grpc};
 
 /// Asks for the endpoint and the score in the response.
 const DEBUG_HEADER: &str = "x-infermesh-debug";
@@ -242,10 +242,13 @@ impl Attempts<'_> {
                         if debug {
                             explain(&mut resp, ep, choice.score);
                         }
-                        let status = resp.status().as_u16();
+                        // A gRPC call that failed at once says so in its head, under a 200.
+                        let grpc = grpc::in_head(resp.headers());
+                        let answer = grpc.map_or(resp.status(), grpc::http_status);
+                        let status = answer.as_u16();
                         ep.state.observe_rtt(now, now - sent, &self.proxy.ewma);
                         variant.metrics.ttfb.observe((now - sent).as_secs_f64());
-                        if resp.status().is_server_error() {
+                        if answer.is_server_error() {
                             self.failed(ep, now);
                         } else {
                             ep.state.record_success(now);
@@ -260,6 +263,7 @@ impl Attempts<'_> {
                             policy.on_connect_failure
                         } else {
                             policy.retries_status(status)
+                                || grpc.is_some_and(|c| policy.retries_grpc(c))
                         };
                         let before_model = unreached || matches!(status, 429 | 503);
                         if !(more && retriable && (before_model || repeatable)) {

@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 use super::guard::RequestGuard;
 use crate::detach;
 use crate::tokens::{Ending, TokenMeter};
+use crate::upstream::grpc;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -108,6 +109,12 @@ impl Body for ResponseBody {
                 // Shown to the meter as it goes to the client, never held back for it.
                 if let (Some(m), Some(d)) = (u.tokens.as_mut(), f.data_ref()) {
                     m.chunk(d, Instant::now());
+                }
+                // A gRPC call's outcome comes last, in its trailers.
+                if let (Some(g), Some(t)) = (u.guard.as_mut(), f.trailers_ref())
+                    && let Some(code) = grpc::code(t).filter(|c| *c != 0)
+                {
+                    g.grpc_failed(code);
                 }
                 // The server stops polling once the body reports its end, so the last frame is
                 // where a known-length response completes.

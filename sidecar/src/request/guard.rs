@@ -18,6 +18,7 @@ use crate::config::table::{Service, Variant};
 use crate::endpoint::state::InFlight;
 use crate::serving::Serving;
 use crate::tokens::{Ending, Tally, TokenMeter};
+use crate::upstream::grpc;
 use crate::upstream::pool::Lent;
 
 /// Released when the response stream ends (or the client leaves); the connection goes back to its
@@ -128,11 +129,18 @@ impl RequestGuard {
         status: StatusCode,
         headers: &http::HeaderMap,
     ) -> Option<TokenMeter> {
-        self.status = Some(status);
+        // A gRPC call that failed at once (a trailers-only answer) counts as its code's status.
+        self.status = Some(grpc::in_head(headers).map_or(status, grpc::http_status));
         if !(self.taken == Taken::Metered && status.is_success()) {
             return None;
         }
         TokenMeter::for_response(headers.get(http::header::CONTENT_TYPE), self.start)
+    }
+
+    /// The stream's trailers carry a failed `grpc-status`: the call counts as its code's HTTP
+    /// status, not the head's 200.
+    pub(crate) fn grpc_failed(&mut self, code: u32) {
+        self.status = Some(grpc::http_status(code));
     }
 
     /// The stream was cut after its head by a timeout or an upstream failure.
