@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::tokens::Tally;
+use crate::tokens::{Counted, OUTCOMES, Tally};
 
 pub(crate) mod window;
 
@@ -126,18 +126,6 @@ pub(crate) const ENGINE_ERROR_REASONS: [&str; 5] = [
     "unknown-engine",
 ];
 
-/// Every `finish_reason` of `infermesh_llm_responses_total`.
-const FINISH_LABELS: [&str; 8] = [
-    "stop",
-    "length",
-    "tool_calls",
-    "content_filter",
-    "other",
-    "aborted",
-    "cut",
-    "unfinished",
-];
-
 /// Model names kept as labels per variant; more fold into `other` (the names come from the
 /// model server's responses).
 pub(crate) const MAX_MODELS: usize = 16;
@@ -207,73 +195,99 @@ impl TokenFamilies {
     }
 }
 
-/// One variant's token metrics, with the model names seen so far, and its recent requests (the
+/// One model's token series of one variant, each resolved the first time it is recorded (so a
+/// series exists only once it has a sample, as before the handles were kept), then kept: a
+/// response touches atomics, no label.
+#[derive(Debug, Default)]
+struct ModelSeries {
+    model: String,
+    ttft: Option<Histogram>,
+    tpot: Option<Histogram>,
+    duration: Option<Histogram>,
+    cached: Option<Counter>,
+    input: Option<Histogram>,
+    output_usage: Option<Histogram>,
+    output_events: Option<Histogram>,
+    /// By [`OUTCOMES`] index.
+    outcomes: [Option<Counter>; OUTCOMES.len()],
+}
+
+/// One variant's token metrics, by the model names seen so far, and its recent requests (the
 /// `/stats` window); kept across configs.
 #[derive(Debug)]
 pub(crate) struct VariantTokens {
     service: String,
     variant: String,
     families: TokenFamilies,
-    models: Mutex<Vec<String>>,
+    /// At most [`MAX_MODELS`] names, and `unknown` and `other`.
+    models: Mutex<Vec<ModelSeries>>,
     pub(crate) recent: window::Window,
 }
 
 impl VariantTokens {
-    /// The label for a model name: itself while fewer than [`MAX_MODELS`] are known.
-    fn model_label(&self, model: Option<&str>) -> String {
-        let Some(m) = model else {
-            return "unknown".to_owned();
+    fn model_labels(&self, model: &str) -> ModelLabels {
+        ModelLabels {
+            service: self.service.clone(),
+            variant: self.variant.clone(),
+            model: model.to_owned(),
+        }
+    }
+
+    fn token_labels(&self, model: &str, kind: &'static str, counted: &'static str) -> TokenLabels {
+        TokenLabels {
+            service: self.service.clone(),
+            variant: self.variant.clone(),
+            model: model.to_owned(),
+            gen_ai_token_type: kind,
+            counted,
+        }
+    }
+
+    fn finish_labels(&self, model: &str, finish_reason: &'static str) -> FinishLabels {
+        FinishLabels {
+            service: self.service.clone(),
+            variant: self.variant.clone(),
+            model: model.to_owned(),
+            finish_reason,
+        }
+    }
+
+    /// The index in `known` of the series of `model`: its own while fewer than [`MAX_MODELS`]
+    /// names are known, else `other`; `unknown` when the server named none.
+    fn series_of(&self, known: &mut Vec<ModelSeries>, model: Option<&str>) -> usize {
+        let named = |n: &str| n != "unknown" && n != "other";
+        let label = match model {
+            None => "unknown",
+            Some(m) if known.iter().any(|s| s.model == m) => m,
+            Some(m) if known.iter().filter(|s| named(&s.model)).count() < MAX_MODELS => m,
+            Some(_) => "other",
         };
-        let mut known = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        if known.iter().any(|k| k == m) {
-            return m.to_owned();
+        if let Some(i) = known.iter().position(|s| s.model == label) {
+            return i;
         }
-        if known.len() < MAX_MODELS {
-            known.push(m.to_owned());
-            return m.to_owned();
-        }
-        "other".to_owned()
+        known.push(ModelSeries {
+            model: label.to_owned(),
+            ..Default::default()
+        });
+        known.len() - 1
     }
 
     /// Removes every series of this variant.
     fn forget(&self) {
         let f = &self.families;
-        let mut models = self
-            .models
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        models.extend(["unknown".to_owned(), "other".to_owned()]);
-        for model in models {
-            let labels = ModelLabels {
-                service: self.service.clone(),
-                variant: self.variant.clone(),
-                model,
-            };
-            f.ttft.remove(&labels);
-            f.tpot.remove(&labels);
-            f.duration.remove(&labels);
-            f.cached.remove(&labels);
-            for (kind, counted) in [
-                ("input", "usage"),
-                ("output", "usage"),
-                ("output", "events"),
-            ] {
-                f.usage.remove(&TokenLabels {
-                    service: labels.service.clone(),
-                    variant: labels.variant.clone(),
-                    model: labels.model.clone(),
-                    gen_ai_token_type: kind,
-                    counted,
-                });
+        let known = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        for s in known.iter() {
+            let l = self.model_labels(&s.model);
+            f.ttft.remove(&l);
+            f.tpot.remove(&l);
+            f.duration.remove(&l);
+            f.cached.remove(&l);
+            let (usage, events) = (Counted::Usage.label(), Counted::Events.label());
+            for (kind, counted) in [("input", usage), ("output", usage), ("output", events)] {
+                f.usage.remove(&self.token_labels(&s.model, kind, counted));
             }
-            for finish_reason in FINISH_LABELS {
-                f.finished.remove(&FinishLabels {
-                    service: labels.service.clone(),
-                    variant: labels.variant.clone(),
-                    model: labels.model.clone(),
-                    finish_reason,
-                });
+            for o in OUTCOMES {
+                f.finished.remove(&self.finish_labels(&s.model, o));
             }
         }
     }
@@ -286,49 +300,52 @@ impl VariantTokens {
             t.tpot,
             t.output.map(|(n, _)| n),
         );
+        let mut known = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let i = self.series_of(&mut known, t.model.as_deref());
+        let s = &mut known[i];
         let f = &self.families;
-        let labels = ModelLabels {
-            service: self.service.clone(),
-            variant: self.variant.clone(),
-            model: self.model_label(t.model.as_deref()),
+        let l = || self.model_labels(&s.model);
+        let observe = |slot: &mut Option<Histogram>, fam: &Hist, v: f64| {
+            slot.get_or_insert_with(|| fam.get_or_create_owned(&l()))
+                .observe(v);
         };
-        f.duration
-            .get_or_create(&labels)
-            .observe(t.duration.as_secs_f64());
+        observe(&mut s.duration, &f.duration, t.duration.as_secs_f64());
         if let Some(d) = t.ttft {
-            f.ttft.get_or_create(&labels).observe(d.as_secs_f64());
+            observe(&mut s.ttft, &f.ttft, d.as_secs_f64());
         }
         if let Some(d) = t.tpot {
-            f.tpot.get_or_create(&labels).observe(d.as_secs_f64());
+            observe(&mut s.tpot, &f.tpot, d.as_secs_f64());
         }
         if let Some(n) = t.cached {
-            f.cached.get_or_create(&labels).inc_by(n);
+            s.cached
+                .get_or_insert_with(|| f.cached.get_or_create_owned(&l()))
+                .inc_by(n);
         }
-        let tokens = |kind: &'static str, counted: &'static str| TokenLabels {
-            service: labels.service.clone(),
-            variant: labels.variant.clone(),
-            model: labels.model.clone(),
-            gen_ai_token_type: kind,
-            counted,
+        let tokens = |slot: &mut Option<Histogram>, kind, counted: Counted, n: u64| {
+            slot.get_or_insert_with(|| {
+                f.usage
+                    .get_or_create_owned(&self.token_labels(&s.model, kind, counted.label()))
+            })
+            .observe(n as f64);
         };
         if let Some(n) = t.input {
-            f.usage
-                .get_or_create(&tokens("input", "usage"))
-                .observe(n as f64);
+            tokens(&mut s.input, "input", Counted::Usage, n);
         }
-        if let Some((n, counted)) = t.output {
-            f.usage
-                .get_or_create(&tokens("output", counted.label()))
-                .observe(n as f64);
+        match t.output {
+            Some((n, Counted::Usage)) => tokens(&mut s.output_usage, "output", Counted::Usage, n),
+            Some((n, Counted::Events)) => {
+                tokens(&mut s.output_events, "output", Counted::Events, n)
+            }
+            None => {}
         }
-        f.finished
-            .get_or_create(&FinishLabels {
-                service: labels.service.clone(),
-                variant: labels.variant.clone(),
-                model: labels.model.clone(),
-                finish_reason: t.outcome,
-            })
-            .inc();
+        if let Some(o) = OUTCOMES.iter().position(|o| *o == t.outcome) {
+            s.outcomes[o]
+                .get_or_insert_with(|| {
+                    f.finished
+                        .get_or_create_owned(&self.finish_labels(&s.model, OUTCOMES[o]))
+                })
+                .inc();
+        }
     }
 }
 
@@ -576,7 +593,7 @@ impl Metrics {
                         service: service.to_owned(),
                         variant: variant.to_owned(),
                         families: self.tokens.clone(),
-                        models: Mutex::new(Vec::new()),
+                        models: Mutex::default(),
                         recent: window::Window::new(tokio::time::Instant::now()),
                     })
                 })

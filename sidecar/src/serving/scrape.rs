@@ -142,3 +142,28 @@ async fn read(
     })?;
     Ok((engine, load))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metrics drop a service's series by the reasons they list: every reason counted here
+    /// must be among them, or its series would outlive the service.
+    #[test]
+    fn every_failure_reason_is_one_the_metrics_remove() {
+        let all = [
+            Failure::Unreachable,
+            Failure::Status(StatusCode::NOT_FOUND),
+            Failure::Malformed,
+            Failure::NoLoad,
+            Failure::UnknownEngine,
+        ];
+        for f in all {
+            assert!(
+                crate::metrics::ENGINE_ERROR_REASONS.contains(&f.label()),
+                "{f:?}"
+            );
+        }
+        assert_eq!(crate::metrics::ENGINE_ERROR_REASONS.len(), all.len());
+    }
+}

@@ -85,6 +85,19 @@ pub(crate) struct Tally {
     pub(crate) outcome: &'static str,
 }
 
+/// Every `outcome` a tally can carry: the finish reasons' labels, then how a stream may end
+/// without one. Metrics make one series of each per model.
+pub(crate) const OUTCOMES: [&str; 8] = [
+    "stop",
+    "length",
+    "tool_calls",
+    "content_filter",
+    "other",
+    "aborted",
+    "cut",
+    "unfinished",
+];
+
 /// The response's form, and what of it is kept while it streams.
 #[derive(Debug)]
 enum Form {

@@ -128,3 +128,23 @@ fn only_event_streams_and_json_are_metered() {
     assert!(is_generation("/v1/chat/completions") && is_generation("/v1/completions"));
     assert!(!is_generation("/v1/embeddings") && !is_generation("/v2/models/m/infer"));
 }
+
+#[test]
+fn every_outcome_a_tally_can_carry_is_listed() {
+    use super::event::Finish;
+    let finishes = [
+        Finish::Stop,
+        Finish::Length,
+        Finish::ToolCalls,
+        Finish::ContentFilter,
+        Finish::Other,
+    ];
+    for label in finishes
+        .map(Finish::label)
+        .into_iter()
+        .chain(["aborted", "cut", "unfinished"])
+    {
+        assert!(super::OUTCOMES.contains(&label), "{label}");
+    }
+    assert_eq!(super::OUTCOMES.len(), finishes.len() + 3);
+}
