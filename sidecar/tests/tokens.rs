@@ -356,6 +356,17 @@ async fn the_stats_window_sums_the_streams_this_sidecar_routed() {
     assert_eq!(v["inFlight"], 0);
     assert_eq!(in_bucket(&v["ttft"], 0.5), 3, "300 ms first tokens: {v}");
     assert_eq!(in_bucket(&v["tpot"], 0.05), 3, "40 ms intervals: {v}");
+    // The same requests in Prometheus, counted once by the sidecar the client called.
+    let (_, m) = admin(&s.sidecar, "/metrics").await;
+    assert_eq!(
+        series(
+            &m,
+            "infermesh_routed_requests_total",
+            &["variant=\"v1\"", "class=\"2xx\""]
+        ),
+        Some(3.0),
+        "{m}"
+    );
     let seconds = v["seconds"].as_f64().unwrap();
     assert!(
         seconds > 0.0 && seconds < 60.0,

@@ -355,6 +355,7 @@ pub(crate) struct Metrics {
     /// Each variant's token handles, kept across configs (with the model names it has seen).
     variant_tokens: Mutex<HashMap<VariantLabels, Arc<VariantTokens>>>,
     requests: Family<RequestLabels, Counter>,
+    routed: Family<RequestLabels, Counter>,
     latency: Family<VariantLabels, Histogram, fn() -> Histogram>,
     ttfb: Family<VariantLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<VariantLabels, Gauge>,
@@ -377,6 +378,8 @@ pub(crate) struct Metrics {
 #[derive(Clone, Debug)]
 pub(crate) struct VariantMetrics {
     pub(crate) requests: [Counter; 5],
+    /// Requests counted once in the mesh, by the sidecar their client called.
+    pub(crate) routed: [Counter; 5],
     pub(crate) latency: Histogram,
     pub(crate) ttfb: Histogram,
     pub(crate) in_flight: Gauge,
@@ -391,6 +394,12 @@ impl VariantMetrics {
     pub(crate) fn count(&self, status: http::StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].inc();
+    }
+
+    /// Counts a finished request that this sidecar routed first (its client called it).
+    pub(crate) fn count_routed(&self, status: http::StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.routed[class].inc();
     }
 }
 
@@ -415,6 +424,7 @@ impl Metrics {
         // Everything else is infermesh's own.
         let inf = registry.sub_registry_with_prefix("infermesh");
         let requests = Family::<RequestLabels, Counter>::default();
+        let routed = Family::<RequestLabels, Counter>::default();
         let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let ttfb = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         let in_flight = Family::<VariantLabels, Gauge>::default();
@@ -446,8 +456,15 @@ impl Metrics {
         let config_services_refused = Gauge::default();
         inf.register(
             "requests",
-            "Requests by ModelService, variant and status class",
+            "Requests by ModelService, variant and status class, counted by every sidecar on \
+             the way (the client's and the model's; see routed_requests)",
             requests.clone(),
+        );
+        inf.register(
+            "routed_requests",
+            "Requests by ModelService, variant and status class, counted once in the mesh: by \
+             the sidecar the client called (sum it over pods for a variant's traffic)",
+            routed.clone(),
         );
         inf.register(
             "request_duration_seconds",
@@ -518,6 +535,7 @@ impl Metrics {
             tokens,
             variant_tokens: Mutex::default(),
             requests,
+            routed,
             latency,
             ttfb,
             in_flight,
@@ -568,15 +586,14 @@ impl Metrics {
             service: service.to_owned(),
             variant: variant.to_owned(),
         };
-        let class = |c: &str| {
-            self.requests.get_or_create_owned(&RequestLabels {
-                service: service.to_owned(),
-                variant: variant.to_owned(),
-                class: c.to_owned(),
-            })
+        let labels = |c: &str| RequestLabels {
+            service: service.to_owned(),
+            variant: variant.to_owned(),
+            class: c.to_owned(),
         };
         VariantMetrics {
-            requests: CLASSES.map(class),
+            requests: CLASSES.map(|c| self.requests.get_or_create_owned(&labels(c))),
+            routed: CLASSES.map(|c| self.routed.get_or_create_owned(&labels(c))),
             latency: self.latency.get_or_create_owned(&l),
             ttfb: self.ttfb.get_or_create_owned(&l),
             in_flight: self.in_flight.get_or_create_owned(&l),
@@ -609,11 +626,13 @@ impl Metrics {
             variant: variant.to_owned(),
         };
         for class in CLASSES {
-            self.requests.remove(&RequestLabels {
+            let labels = RequestLabels {
                 service: service.to_owned(),
                 variant: variant.to_owned(),
                 class: class.to_owned(),
-            });
+            };
+            self.requests.remove(&labels);
+            self.routed.remove(&labels);
         }
         self.latency.remove(&l);
         self.ttfb.remove(&l);

@@ -189,6 +189,9 @@ impl Drop for RequestGuard {
                 v.metrics.count(status);
             }
             if self.taken != Taken::Nothing {
+                if let Some(status) = counted {
+                    v.metrics.count_routed(status);
+                }
                 v.metrics.tokens.recent.ended(Instant::now(), counted);
             }
             v.metrics.in_flight.dec();
