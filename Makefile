@@ -36,6 +36,7 @@ lint: deps
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo test -p infermesh-sidecar --test layout --locked
 	cargo machete
+	hack/check-dashboard.sh
 
 unit:
 	env -u KUBECONFIG cargo test --workspace --locked

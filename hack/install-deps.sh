@@ -54,6 +54,13 @@ if command -v rustup >/dev/null && ! rustup target list --installed | grep -q x8
   rustup target add x86_64-unknown-linux-musl
 fi
 
+# npm runs the dashboard's schema check (hack/check-dashboard.sh, in make lint).
+command -v npm >/dev/null || {
+  say "installing Node.js and npm (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+}
 # Go toolchain is needed to build Kubernetes and CoreDNS from the Go module proxy.
 command -v go >/dev/null || { [[ -x /usr/local/go/bin/go ]] && export PATH="/usr/local/go/bin:$PATH"; }
 command -v go >/dev/null || { say "installing Go (Debian golang)"; apt-get install -y -qq golang >/dev/null; }

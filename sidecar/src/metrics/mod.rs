@@ -702,6 +702,66 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// The dashboard users import reads these names; a rename here must not leave it blank.
+    #[test]
+    fn every_metric_the_dashboard_queries_is_one_the_sidecar_exports() {
+        let dashboard = include_str!("../../../deploy/observability/grafana-dashboard.json");
+        // Every family with a series (one without is not written).
+        let m = Metrics::new();
+        let v = m.variant("llm", "v1");
+        v.count_routed(http::StatusCode::OK);
+        v.tokens.record(&Tally {
+            model: None,
+            ttft: Some(std::time::Duration::from_millis(300)),
+            tpot: Some(std::time::Duration::from_millis(40)),
+            input: Some(10),
+            output: Some((4, Counted::Usage)),
+            cached: Some(2),
+            duration: std::time::Duration::from_secs(1),
+            outcome: "stop",
+        });
+        let _ = m.service("llm");
+        m.set_revision("r1");
+        m.set_endpoint_load(vec![(
+            EndpointSignalLabels {
+                service: "llm".into(),
+                variant: "v1".into(),
+                endpoint: "10.0.0.1:8080".into(),
+                signal: "waiting",
+            },
+            1.0,
+        )]);
+        let text = m.encode();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        let mut queried = std::collections::BTreeSet::new();
+        for start in ["infermesh_", "gen_ai_"] {
+            for (i, _) in dashboard.match_indices(start) {
+                let name: String = dashboard[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                // A label matcher (`gen_ai_token_type="output"`) names a label, not a metric.
+                if !dashboard[i + name.len()..].starts_with(['=', '!']) {
+                    queried.insert(name);
+                }
+            }
+        }
+        assert!(queried.len() >= 10, "{queried:?}");
+        for name in &queried {
+            let family = ["_bucket", "_sum", "_count", "_total"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                families.contains(&family),
+                "the dashboard queries {name}, which the sidecar does not export"
+            );
+        }
+    }
+
     #[test]
     fn handles_share_the_registered_series() {
         let m = Metrics::new();
