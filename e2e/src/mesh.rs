@@ -361,6 +361,40 @@ pub fn client_pod(ns: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits until the webhook has mirrored `ns`'s injection annotation onto the label its
+/// configuration selects on (pods created before that get no sidecar).
+pub fn wait_injecting(ns: &str) -> Result<(), String> {
+    wait_for(Duration::from_secs(30), || {
+        let out = kubectl(&["get", "namespace", ns, "-o", "json"], None);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["metadata"]["labels"]["infermesh.io/inject"] == "enabled").then_some(())
+    })
+    .ok_or_else(|| format!("the webhook did not label the annotated namespace {ns} within 30s"))
+}
+
+/// Waits until `deployments` of `ns` are rolled out and ModelService `msvc` is Ready.
+pub fn wait_rolled_out(ns: &str, deployments: &[&str], msvc: &str) -> Result<(), String> {
+    for d in deployments {
+        run(&[
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=180s",
+        ])?;
+    }
+    run(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        &format!("msvc/{msvc}"),
+        "--timeout=120s",
+    ])?;
+    Ok(())
+}
+
 /// The /metrics of the sidecar of pod `pod` in `ns`, read from inside its container `container`
 /// (the sidecar's admin port is on the pod's loopback).
 pub fn sidecar_metrics(ns: &str, pod: &str, container: &str) -> Result<String, String> {

@@ -6,7 +6,7 @@
 //! prompt everywhere, and the caches thrash. The simulators' own prefix-cache counters tell.
 
 use infermesh_e2e::mesh::{
-    Install, Namespace, client_exec, client_pod, load_summary, run, run_stdin,
+    Install, Namespace, client_exec, client_pod, load_summary, run, run_stdin, wait_rolled_out,
 };
 use infermesh_e2e::operator::kubeconfig_or_skip;
 
@@ -108,22 +108,7 @@ fn inference_aware_keeps_shared_prefixes_cached_where_round_robin_thrashes() -> 
     let yaml: Vec<String> = both.iter().map(|(m, b)| manifests(m, b)).collect();
     run_stdin(&["-n", n, "apply", "-f", "-"], &yaml.join("---\n"))?;
     for (name, _) in both {
-        run(&[
-            "-n",
-            n,
-            "rollout",
-            "status",
-            &format!("deployment/{name}"),
-            "--timeout=180s",
-        ])?;
-        run(&[
-            "-n",
-            n,
-            "wait",
-            "--for=condition=Ready",
-            &format!("msvc/{name}"),
-            "--timeout=120s",
-        ])?;
+        wait_rolled_out(n, &[name], name)?;
     }
     let rules = "Answer in one short sentence, plainly and politely, without lists. ".repeat(100);
     let body = serde_json::json!({

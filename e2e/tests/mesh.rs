@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use infermesh_e2e::mesh::{
     self, Install, Namespace, client_exec, client_pod, client_spawn, into_namespace, load_summary,
     render, requests_total, run, run_stdin, sidecar_metrics, stream_events, to_yaml,
+    wait_injecting, wait_rolled_out,
 };
 use infermesh_e2e::operator::{kubeconfig_or_skip, kubectl, repo_root, wait_for};
 use serde_json::Value;
@@ -296,12 +297,7 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
     let ns = Namespace::create("mesh", true)?;
     let n = ns.0.as_str();
     // The webhook mirrors the annotation onto the label its configuration selects on.
-    wait_for(Duration::from_secs(30), || {
-        let out = kubectl(&["get", "namespace", n, "-o", "json"], None);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["metadata"]["labels"]["infermesh.io/inject"] == "enabled").then_some(())
-    })
-    .ok_or("the webhook did not label the annotated namespace within 30s")?;
+    wait_injecting(n)?;
 
     // A long-lived pod with the example binaries and a sidecar of its own: the mesh's client.
     // It starts before the namespace has any ModelService: its sidecar, with no config to read
@@ -313,24 +309,7 @@ fn the_mesh_installed_from_deploy_routes_splits_retries_and_streams() -> Result<
     let yaml = to_yaml(&into_namespace(&examples, n));
     run_stdin(&["apply", "--dry-run=server", "-f", "-"], &yaml)?;
     run_stdin(&["apply", "-f", "-"], &yaml)?;
-    for d in ["llm-v1", "llm-v2"] {
-        run(&[
-            "-n",
-            n,
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=180s",
-        ])?;
-    }
-    run(&[
-        "-n",
-        n,
-        "wait",
-        "--for=condition=Ready",
-        "msvc/llm",
-        "--timeout=120s",
-    ])?;
+    wait_rolled_out(n, &["llm-v1", "llm-v2"], "llm")?;
     println!("[{:>4}s] examples Ready", started.elapsed().as_secs());
 
     // Injection: every pod carries the native sidecar, and the webhook says so.

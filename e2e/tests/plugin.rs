@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use infermesh_e2e::mesh::{
     Install, Namespace, client_exec, client_pod, into_namespace, load_summary, render, run,
-    run_stdin, to_yaml,
+    run_stdin, to_yaml, wait_injecting, wait_rolled_out,
 };
-use infermesh_e2e::operator::{built_binary, kubeconfig_or_skip, kubectl, repo_root, wait_for};
+use infermesh_e2e::operator::{built_binary, kubeconfig_or_skip, repo_root, wait_for};
 use serde_json::Value;
 
 fn plugin_binary() -> PathBuf {
@@ -81,36 +81,14 @@ fn stat_counts_what_the_client_sent_and_check_names_a_pod_without_sidecar() -> R
     let _install = Install::apply()?;
     let ns = Namespace::create("plugin", true)?;
     let n = ns.0.as_str();
-    wait_for(Duration::from_secs(30), || {
-        let out = kubectl(&["get", "namespace", n, "-o", "json"], None);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["metadata"]["labels"]["infermesh.io/inject"] == "enabled").then_some(())
-    })
-    .ok_or("the webhook did not label the annotated namespace within 30s")?;
+    wait_injecting(n)?;
     client_pod(n, "toolbox")?;
     let examples = render(&repo_root().join("examples/manifests"));
     run_stdin(
         &["apply", "-f", "-"],
         &to_yaml(&into_namespace(&examples, n)),
     )?;
-    for d in ["llm-v1", "llm-v2"] {
-        run(&[
-            "-n",
-            n,
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=180s",
-        ])?;
-    }
-    run(&[
-        "-n",
-        n,
-        "wait",
-        "--for=condition=Ready",
-        "msvc/llm",
-        "--timeout=120s",
-    ])?;
+    wait_rolled_out(n, &["llm-v1", "llm-v2"], "llm")?;
 
     // A healthy install: every check passes (once the sidecars enforce the new config).
     let mut last = String::new();

@@ -31,10 +31,18 @@ struct PodStats {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct VariantStats {
     service: String,
     variant: String,
+    #[serde(flatten)]
+    counts: Counts,
+}
+
+/// A variant's figures over the window: one pod's, or their sum.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Counts {
+    /// The time covered (the longest any pod covers, in a sum).
     seconds: f64,
     requests: u64,
     failures: u64,
@@ -69,19 +77,8 @@ impl Buckets {
     }
 }
 
-#[derive(Debug, Default)]
-struct Sum {
-    seconds: f64,
-    requests: u64,
-    failures: u64,
-    in_flight: i64,
-    output_tokens: u64,
-    ttft: Buckets,
-    tpot: Buckets,
-}
-
-impl Sum {
-    fn add(&mut self, v: &VariantStats) {
+impl Counts {
+    fn add(&mut self, v: &Counts) {
         // Pods younger than the window cover less of it; the window is the longest any covers.
         self.seconds = self.seconds.max(v.seconds);
         self.requests += v.requests;
@@ -156,14 +153,14 @@ pub async fn collect(client: &Client, scope: &Scope, since: Duration) -> anyhow:
         .buffer_unordered(16)
         .collect()
         .await;
-    let mut sums: BTreeMap<(String, String, String), Sum> = BTreeMap::new();
+    let mut sums: BTreeMap<(String, String, String), Counts> = BTreeMap::new();
     let mut unanswered = Vec::new();
     for (ns, pod, answer) in answers {
         match answer {
             Ok(stats) => {
                 for v in &stats.variants {
                     let key = (ns.clone(), v.service.clone(), v.variant.clone());
-                    sums.entry(key).or_default().add(v);
+                    sums.entry(key).or_default().add(&v.counts);
                 }
             }
             Err(e) => unanswered.push(format!("{ns}/{pod}: {e:#}")),
@@ -194,7 +191,7 @@ pub async fn collect(client: &Client, scope: &Scope, since: Duration) -> anyhow:
     })
 }
 
-fn row(ns: &str, name: &str, variant: &str, weight: Option<i32>, s: &Sum, since: f64) -> Row {
+fn row(ns: &str, name: &str, variant: &str, weight: Option<i32>, s: &Counts, since: f64) -> Row {
     // Rates over the time the sums cover: the window, or less while every pod is younger.
     let covered = if s.seconds > 0.0 {
         s.seconds.min(since)
@@ -339,10 +336,8 @@ pub fn table(report: &Report, all_namespaces: bool) -> String {
 mod tests {
     use super::*;
 
-    fn stats(requests: u64, failures: u64, seconds: f64, ttft: &[u64]) -> VariantStats {
-        VariantStats {
-            service: "llm".into(),
-            variant: "v1".into(),
+    fn stats(requests: u64, failures: u64, seconds: f64, ttft: &[u64]) -> Counts {
+        Counts {
             seconds,
             requests,
             failures,
@@ -358,7 +353,7 @@ mod tests {
 
     #[test]
     fn pods_are_summed_and_rates_are_over_the_window_they_cover() {
-        let mut sum = Sum::default();
+        let mut sum = Counts::default();
         sum.add(&stats(60, 3, 60.0, &[0, 60, 0]));
         sum.add(&stats(30, 0, 20.0, &[30, 0, 0]));
         let r = row("ns", "llm", "v1", Some(90), &sum, 60.0);
@@ -372,11 +367,32 @@ mod tests {
         assert!(p50 > 0.1 && p50 < 0.5, "{p50}");
         assert_eq!(r.tpot_p50_seconds, None, "no stream, no TPOT");
         // Every pod younger than the window: rates over what they cover.
-        let mut young = Sum::default();
+        let mut young = Counts::default();
         young.add(&stats(10, 0, 5.0, &[0, 0, 0]));
         assert_eq!(
             row("ns", "llm", "v1", None, &young, 60.0).requests_per_second,
             2.0
+        );
+    }
+
+    /// What the sidecar's `/stats` writes (`sidecar/src/server/admin.rs`) is what this reads.
+    #[test]
+    fn a_sidecars_stats_answer_is_read_whole() {
+        let text = r#"{"revision":"r1","windowSeconds":60,"variants":[{"service":"llm",
+            "variant":"v1","seconds":12.5,"requests":3,"failures":1,"inFlight":2,
+            "outputTokens":33,"ttft":{"bounds":[0.1],"counts":[1,2]},
+            "tpot":{"bounds":[0.1],"counts":[3,0]}}]}"#;
+        let p: PodStats = serde_json::from_str(text).unwrap();
+        let v = &p.variants[0];
+        assert_eq!((v.service.as_str(), v.variant.as_str()), ("llm", "v1"));
+        let c = &v.counts;
+        assert_eq!(
+            (c.requests, c.failures, c.in_flight, c.output_tokens),
+            (3, 1, 2, 33)
+        );
+        assert_eq!(
+            (c.seconds, c.ttft.counts.len(), c.tpot.bounds.len()),
+            (12.5, 2, 1)
         );
     }
 
@@ -400,12 +416,12 @@ mod tests {
 
     #[test]
     fn the_table_shows_each_variant_and_who_did_not_answer() {
-        let mut sum = Sum::default();
+        let mut sum = Counts::default();
         sum.add(&stats(900, 0, 60.0, &[0, 900, 0]));
         let report = Report {
             rows: vec![
                 row("demo", "llm", "stable", Some(90), &sum, 60.0),
-                row("demo", "llm", "canary", Some(10), &Sum::default(), 60.0),
+                row("demo", "llm", "canary", Some(10), &Counts::default(), 60.0),
             ],
             pods: 4,
             unanswered: vec!["demo/llm-v2-x: no answer within 5s".into()],

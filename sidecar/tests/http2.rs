@@ -14,6 +14,29 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+/// A sidecar routing service `grpc-llm` (protocol GRPC) to `backend` with `retries`, and one
+/// prior-knowledge HTTP/2 connection to its inbound port.
+async fn grpc_sidecar(
+    backend: std::net::SocketAddr,
+    retries: serde_json::Value,
+) -> (
+    Running,
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+) {
+    let cfg = serde_json::json!({"services": [{"name": "grpc-llm", "port": 1, "protocol": "GRPC",
+        "variants": [{"name": "v", "weight": 1, "endpoints": [{"address": backend.to_string()}]}],
+        "retries": retries}]});
+    let s = sidecar(&cfg.to_string()).await;
+    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound)
+        .await
+        .unwrap();
+    let (c, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (s, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_client_to_h2c_backend_with_trailers() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -48,20 +71,9 @@ async fn h2_client_to_h2c_backend_with_trailers() {
             });
         }
     });
-    let cfg = serde_json::json!({"services": [{"name": "grpc-llm", "port": 1, "protocol": "GRPC",
-        "variants": [{"name": "v", "weight": 1, "endpoints": [{"address": backend.to_string()}]}],
-        "retries": {"attempts": 2, "retryOn": ["5xx"], "backoffBaseMs": 1, "backoffMaxMs": 2,
-                    "backoffJitter": 0.0, "budgetRatio": 0.2, "budgetMinPerSecond": 10}}]});
-    let s = sidecar(&cfg.to_string()).await;
-    // One prior-knowledge connection to the sidecar; :authority names the service.
-    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound)
-        .await
-        .unwrap();
-    let (mut c, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let retries = serde_json::json!({"attempts": 2, "retryOn": ["5xx"], "backoffBaseMs": 1,
+        "backoffMaxMs": 2, "backoffJitter": 0.0, "budgetRatio": 0.2, "budgetMinPerSecond": 10});
+    let (_s, mut c) = grpc_sidecar(backend, retries).await;
     for _ in 0..3 {
         let req = Request::post("http://grpc-llm.team.svc.cluster.local:15006/pkg.Svc/Call")
             .version(Version::HTTP_2)
@@ -157,19 +169,9 @@ fn requests_of_class(metrics: &str, class: &str) -> u64 {
 async fn a_grpc_status_decides_success_and_unavailable_is_retried() {
     use std::sync::atomic::Ordering;
     let (backend, calls) = grpc_backend().await;
-    let cfg = serde_json::json!({"services": [{"name": "grpc-llm", "port": 1, "protocol": "GRPC",
-        "variants": [{"name": "v", "weight": 1, "endpoints": [{"address": backend.to_string()}]}],
-        "retries": {"attempts": 2, "retryOn": ["unavailable"], "backoffBaseMs": 1, "backoffMaxMs": 2,
-                    "backoffJitter": 0.0, "budgetRatio": 1.0, "budgetMinPerSecond": 10}}]});
-    let s = sidecar(&cfg.to_string()).await;
-    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound)
-        .await
-        .unwrap();
-    let (mut c, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let retries = serde_json::json!({"attempts": 2, "retryOn": ["unavailable"], "backoffBaseMs": 1,
+        "backoffMaxMs": 2, "backoffJitter": 0.0, "budgetRatio": 1.0, "budgetMinPerSecond": 10});
+    let (s, mut c) = grpc_sidecar(backend, retries).await;
     let mut call = async |method: &str| {
         let req = Request::post(format!("http://grpc-llm:15006/pkg.Svc/{method}"))
             .version(Version::HTTP_2)
