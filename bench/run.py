@@ -25,6 +25,8 @@ and queue the rest (`concurrency` / `maxconn`); nginx has no such queue outside 
 edition (its `max_conns` alone fails the excess with 502), so it runs without a limit.
 `--inference-cost` runs only a comparison of the sidecar's LeastRequest and InferenceAware policies
 on 4 KiB JSON chat-completion POSTs (see `inference_cost` below), to build/bench/inference-cost-<time>.json;
+`--token-meter` runs only what the token meter costs: the same OpenAI-shaped SSE chunks metered and
+not (see `token_meter_cost`), to build/bench/token-meter-<time>.json;
 `--sidecar PATH` runs another sidecar binary than the image's.
 Results: a table on stdout (medians) and build/bench/results-<time>.json. The goals against the peers
 are judged round by round (the median of each round's ratio or difference), which cancels the
@@ -34,6 +36,7 @@ machine's drift between rounds.
 import argparse
 import json
 import os
+import urllib.request
 import re
 import shutil
 import signal
@@ -80,12 +83,16 @@ def main() -> int:
     parser.add_argument("--sse-streams", type=int, default=40, help="SSE streams per proxy, spread over the rounds")
     parser.add_argument("--only", help="comma-separated scenarios (direct,infermesh,haproxy,nginx,tcp-relay)")
     parser.add_argument("--sidecar", type=Path, default=SIDECAR, help=f"the sidecar binary (default: {SIDECAR.relative_to(ROOT)})")
+    parser.add_argument("--token-meter", action="store_true",
+                        help="only compare one sidecar's OpenAI-shaped SSE streams metered and not (see token_meter_cost)")
     parser.add_argument("--inference-cost", action="store_true",
                         help="only compare LeastRequest and InferenceAware on 4 KiB JSON chat-completion POSTs (see inference_cost)")
     args = parser.parse_args()
     set_sidecar(args.sidecar)
     if args.inference_cost:
         return inference_cost(args)
+    if args.token_meter:
+        return token_meter_cost(args)
 
     for tool in ("wrk", "oha", "h2load", "haproxy", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -391,9 +398,9 @@ SSE_STREAM = "events=20&interval_ms=10"
 SSE_BACK_TO_BACK = "events=1&interval_ms=0"
 
 
-def sse(port, streams, query=SSE_STREAM):
+def sse(port, streams, query=SSE_STREAM, path="/sse"):
     text = loadgen(
-        [str(RELEASE / "infermesh-bench"), "sse", "--url", f"http://127.0.0.1:{port}/sse?{query}", "--host", HOST, "--streams", str(streams)],
+        [str(RELEASE / "infermesh-bench"), "sse", "--url", f"http://127.0.0.1:{port}{path}?{query}", "--host", HOST, "--streams", str(streams)],
         120,
     )
     return json.loads(text)
@@ -773,6 +780,84 @@ def inference_cost(args) -> int:
     print(f"load average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     print(f"results written to {path.relative_to(ROOT)}")
+    return 0
+
+
+# The same OpenAI-shaped chunks (`shape=chat`) at a path the sidecar does not meter and at one it
+# meters as a generation (a path ending in /completions): the two differ by the token meter alone.
+TM_PATHS = {"unmetered": ("/sse", "shape=chat&"), "metered": ("/v1/chat/completions", "")}
+TM_FAST = "events=200&interval_ms=0"
+
+
+def token_meter_cost(args) -> int:
+    """What the token meter costs: one sidecar relays the same chat-completion SSE bytes at
+    /sse?shape=chat (not a generation, not metered) and at /v1/chat/completions (metered), in
+    rounds that alternate which goes first. Paced streams (20 events 10 ms apart) give time to
+    first byte, chunk delay and batched events; streams of 200 events with no gap give the
+    sidecar's CPU per event and events/s. The sidecar's own metrics then prove the metered
+    streams were metered (their TTFT count) and the others not."""
+    for binary in (RELEASE / "infermesh-bench", SIDECAR):
+        if not binary.exists():
+            sys.exit(f"bench: {binary} missing: hack/bench.sh builds it (or give --sidecar)")
+    busy = [p for p in (PORTS["stable"], PORTS["canary"], PORTS["infermesh"], *SIDECAR_SPARE_PORTS) if port_open(p)]
+    if busy:
+        sys.exit(f"bench: ports {sorted(busy)} on 127.0.0.1 are in use: stop what holds them or set BENCH_BASE_PORT")
+    sidecar = binary_info(SIDECAR)
+    print(f"sidecar: {sidecar['path']} ({sidecar['version']}, sha256 {sidecar['sha256'][:16]})", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="infermesh-bench-tm-"))
+    procs = []
+    runs = {kind: [] for kind in TM_PATHS}
+    try:
+        procs.append(start_backend("stable", "v1"))
+        procs.append(start_backend("canary", "v2"))
+        proc = start_infermesh(work)
+        procs.append(proc)
+        wait_port(PORTS["infermesh"])
+        pid = server_pid(proc)
+        time.sleep(1.0)
+        streams = max(args.sse_streams // args.reps, 1)
+        for kind, (path, extra) in TM_PATHS.items():  # warm-up, excluded
+            sse(PORTS["infermesh"], 2, extra + TM_FAST, path)
+        for rep in range(args.reps):
+            print(f"== token meter, round {rep + 1}/{args.reps}", file=sys.stderr, flush=True)
+            order = list(TM_PATHS) if rep % 2 == 0 else list(reversed(TM_PATHS))
+            for kind in order:
+                path, extra = TM_PATHS[kind]
+                paced = sse(PORTS["infermesh"], streams, extra + SSE_STREAM, path)
+                before, t0 = cpu_seconds(pid), time.monotonic()
+                fast = sse(PORTS["infermesh"], streams, extra + TM_FAST, path)
+                cpu, wall = cpu_seconds(pid) - before, time.monotonic() - t0
+                runs[kind].append({
+                    "ttfbUsP50": paced["ttfbUs"]["p50"], "chunkDelayUsP99": paced["chunkDelayUs"]["p99"],
+                    "batchedEvents": paced["batchedEvents"], "events": fast["events"],
+                    "cpuUsPerEvent": cpu * 1e6 / max(fast["events"], 1), "eventsPerSecond": fast["events"] / wall,
+                })
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{SIDECAR_SPARE_PORTS[1]}/metrics", timeout=5).read().decode()
+    finally:
+        for p in procs:
+            stop(p)
+        shutil.rmtree(work, ignore_errors=True)
+    metered = sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+                  if l.startswith("gen_ai_server_time_to_first_token_seconds_count{"))
+    sent = 2 + streams * 2 * args.reps  # the warm-up's and each round's paced and fast streams
+    med = statistics.median
+    rows = []
+    for measure, unit in (("ttfbUsP50", "µs"), ("chunkDelayUsP99", "µs"), ("cpuUsPerEvent", "µs"), ("eventsPerSecond", "/s")):
+        a = med(x[measure] for x in runs["unmetered"])
+        b = med(x[measure] for x in runs["metered"])
+        paired = med(y[measure] / x[measure] for x, y in zip(runs["unmetered"], runs["metered"]) if x[measure])
+        rows.append((measure, unit, a, b, paired))
+    print(f"\n{'measure':18} {'unmetered':>12} {'metered':>12} {'metered/unmetered (paired)':>28}")
+    for measure, unit, a, b, paired in rows:
+        print(f"{measure + ' (' + unit + ')':18} {a:12.1f} {b:12.1f} {paired:28.3f}")
+    batched = {k: sum(x["batchedEvents"] for x in v) for k, v in runs.items()}
+    print(f"batched events (paced streams): unmetered {batched['unmetered']}, metered {batched['metered']}")
+    print(f"streams metered by the sidecar (TTFT count): {metered:.0f} of {sent} sent to /v1/chat/completions")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out = OUT_DIR / time.strftime("token-meter-%Y%m%dT%H%M%S.json")
+    out.write_text(json.dumps({"sidecar": sidecar, "reps": args.reps, "streamsPerRound": streams, "runs": runs,
+                               "metered": metered, "sent": sent, "batched": batched}, indent=2))
+    print(f"results written to {out.relative_to(ROOT)}")
     return 0
 
 

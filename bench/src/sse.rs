@@ -107,12 +107,24 @@ async fn measure(args: &Args) -> anyhow::Result<Samples> {
     Ok(samples)
 }
 
-/// Write times of the events in one chunk (`data: <index> <ns>` lines).
-fn event_stamps(chunk: &[u8]) -> Vec<u128> {
+/// Write times of the events in one chunk (`data: <index> <ns>` lines, or chat chunks whose
+/// content is `<index> <ns>`).
+pub(crate) fn event_stamps(chunk: &[u8]) -> Vec<u128> {
     String::from_utf8_lossy(chunk)
         .lines()
         .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|rest| rest.split_whitespace().nth(1)?.parse().ok())
+        .filter_map(|rest| {
+            // An OpenAI-shaped chunk carries `<index> <ns>` as its content.
+            let content;
+            let text = if rest.starts_with('{') {
+                let v: serde_json::Value = serde_json::from_str(rest).ok()?;
+                content = v["choices"][0]["delta"]["content"].as_str()?.to_owned();
+                content.as_str()
+            } else {
+                rest
+            };
+            text.split_whitespace().nth(1)?.parse().ok()
+        })
         .collect()
 }
 
