@@ -786,14 +786,14 @@ def inference_cost(args) -> int:
 # The same OpenAI-shaped chunks (`shape=chat`) at a path the sidecar does not meter and at one it
 # meters as a generation (a path ending in /completions): the two differ by the token meter alone.
 TM_PATHS = {"unmetered": ("/sse", "shape=chat&"), "metered": ("/v1/chat/completions", "")}
-TM_FAST = "events=200&interval_ms=0"
+TM_FAST = "events=1000&interval_ms=0"
 
 
 def token_meter_cost(args) -> int:
     """What the token meter costs: one sidecar relays the same chat-completion SSE bytes at
     /sse?shape=chat (not a generation, not metered) and at /v1/chat/completions (metered), in
     rounds that alternate which goes first. Paced streams (20 events 10 ms apart) give time to
-    first byte, chunk delay and batched events; streams of 200 events with no gap give the
+    first byte, chunk delay and batched events; streams of 1,000 events with no gap give the
     sidecar's CPU per event and events/s. The sidecar's own metrics then prove the metered
     streams were metered (their TTFT count) and the others not."""
     for binary in (RELEASE / "infermesh-bench", SIDECAR):
@@ -817,7 +817,7 @@ def token_meter_cost(args) -> int:
         time.sleep(1.0)
         streams = max(args.sse_streams // args.reps, 1)
         for kind, (path, extra) in TM_PATHS.items():  # warm-up, excluded
-            sse(PORTS["infermesh"], 2, extra + TM_FAST, path)
+            sse(PORTS["infermesh"], 2, extra + SSE_STREAM, path)
         for rep in range(args.reps):
             print(f"== token meter, round {rep + 1}/{args.reps}", file=sys.stderr, flush=True)
             order = list(TM_PATHS) if rep % 2 == 0 else list(reversed(TM_PATHS))
