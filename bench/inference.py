@@ -524,8 +524,9 @@ def main() -> int:
     p.add_argument("--json", help="write all figures to this file")
     p.add_argument("--llama", action="store_true",
                    help="workload a on 2 llama-servers (SmolLM2, build/ from hack/llama-server.sh) "
-                        "instead of the simulators; defaults --rate-a 0.5, --prompt-tokens 600, "
-                        "--system-prompts 8 (one per slot of the pool), --duration 90")
+                        "instead of the simulators; defaults --rate-a 0.13 (about 85 %% of what two one-thread "
+                        "servers finish), --prompt-tokens 600, --system-prompts 8 (one per slot of the pool), "
+                        "--duration 240")
     a = p.parse_args()
     if a.llama:
         global LLAMA_MODE, PODS, ROUTERS
@@ -533,10 +534,10 @@ def main() -> int:
         if not (LLAMA.exists() and MODEL.exists()):
             sys.exit("no llama-server or model in build/: run hack/llama-server.sh")
         a.workloads = "a"
-        a.rate_a = a.rate_a or 0.5
+        a.rate_a = a.rate_a or 0.13
         a.prompt_tokens = 600 if a.prompt_tokens == 2000 else a.prompt_tokens
         a.system_prompts = a.system_prompts or 2 * LLAMA_PODS * 2
-        a.duration = 90 if a.duration == 45 else a.duration
+        a.duration = 240 if a.duration == 45 else a.duration
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     a.model_server = str(simulator_binary(a.model_server))
     if a.sidecar is None:
