@@ -10,10 +10,14 @@ dashboard=deploy/observability/grafana-dashboard.json
 command -v npm >/dev/null || { echo "check-dashboard: npm is needed (Node.js 18 or later)" >&2; exit 1; }
 lock_sum=$(sha256sum hack/dashboard/package-lock.json | cut -c1-16)
 dir="${XDG_CACHE_HOME:-$HOME/.cache}/infermesh/dashboard-check/${lock_sum}"
-if [[ ! -x "${dir}/node_modules/.bin/tsc" ]]; then
-  mkdir -p "${dir}"
-  cp hack/dashboard/package.json hack/dashboard/package-lock.json "${dir}/"
-  (cd "${dir}" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+if [[ ! -f "${dir}/installed" ]]; then
+  # Installed beside, then moved in whole: an interrupted install leaves nothing that looks done.
+  tmp="${dir}.tmp.$$"
+  rm -rf "${tmp}" && mkdir -p "${tmp}"
+  cp hack/dashboard/package.json hack/dashboard/package-lock.json "${tmp}/"
+  (cd "${tmp}" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch "${tmp}/installed"
+  rm -rf "${dir}" && mv "${tmp}" "${dir}"
 fi
 {
   echo 'import type { Dashboard } from "@grafana/schema/dist/types/raw/dashboard/x/types.gen";'

@@ -154,11 +154,16 @@ fn series(metrics: &str, name: &str, having: &[&str]) -> Option<f64> {
 /// The sidecar's metrics once `want` appears in them (the tally is recorded when the stream's
 /// guard is dropped, just after the client saw the end).
 async fn metrics_with(s: &infermesh_sidecar::Sidecar, want: &str) -> String {
+    polled(async || admin(s, "/metrics").await.1, |m| m.contains(want)).await
+}
+
+/// `read()` again every 20 ms until `done` holds of it, for at most 5 s; the last reading.
+async fn polled<T>(mut read: impl AsyncFnMut() -> T, done: impl Fn(&T) -> bool) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (_, m) = admin(s, "/metrics").await;
-        if m.contains(want) || tokio::time::Instant::now() > deadline {
-            return m;
+        let v = read().await;
+        if done(&v) || tokio::time::Instant::now() > deadline {
+            return v;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -301,20 +306,16 @@ async fn a_client_that_leaves_and_an_idle_timeout_are_counted_as_what_they_are()
 
 /// The variant `variant` of `llm` in the sidecar's `/stats` once it counts `requests`.
 async fn stats_with(s: &infermesh_sidecar::Sidecar, requests: u64) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let read = async || {
         let (status, body) = admin(s, "/stats?since=1m").await;
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let variant = v["variants"]
+        v["variants"]
             .as_array()
             .and_then(|a| a.iter().find(|x| x["service"] == "llm").cloned())
-            .unwrap_or_else(|| panic!("llm in {v}"));
-        if variant["requests"] == requests || tokio::time::Instant::now() > deadline {
-            return variant;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .unwrap_or_else(|| panic!("llm in {v}"))
+    };
+    polled(read, |v| v["requests"] == requests).await
 }
 
 /// The count of `hist` (`{bounds, counts}`) in the bucket whose upper bound is `bound`.

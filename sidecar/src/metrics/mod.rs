@@ -389,17 +389,20 @@ pub(crate) struct VariantMetrics {
     pub(crate) tokens: Arc<VariantTokens>,
 }
 
+/// The index in [`CLASSES`] of `status`'s class.
+fn class_of(status: http::StatusCode) -> usize {
+    (status.as_u16() / 100).clamp(1, 5) as usize - 1
+}
+
 impl VariantMetrics {
     /// Counts a finished request by its status class.
     pub(crate) fn count(&self, status: http::StatusCode) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].inc();
+        self.requests[class_of(status)].inc();
     }
 
     /// Counts a finished request that this sidecar routed first (its client called it).
     pub(crate) fn count_routed(&self, status: http::StatusCode) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.routed[class].inc();
+        self.routed[class_of(status)].inc();
     }
 }
 

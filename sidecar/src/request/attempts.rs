@@ -243,7 +243,7 @@ impl Attempts<'_> {
                             explain(&mut resp, ep, choice.score);
                         }
                         // A gRPC call that failed at once says so in its head, under a 200.
-                        let grpc = grpc::in_head(resp.headers());
+                        let grpc = grpc::in_head(svc.protocol, resp.headers());
                         let answer = grpc.map_or(resp.status(), grpc::http_status);
                         let status = answer.as_u16();
                         ep.state.observe_rtt(now, now - sent, &self.proxy.ewma);

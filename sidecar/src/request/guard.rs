@@ -130,7 +130,8 @@ impl RequestGuard {
         headers: &http::HeaderMap,
     ) -> Option<TokenMeter> {
         // A gRPC call that failed at once (a trailers-only answer) counts as its code's status.
-        self.status = Some(grpc::in_head(headers).map_or(status, grpc::http_status));
+        self.status =
+            Some(grpc::in_head(self.service.protocol, headers).map_or(status, grpc::http_status));
         if !(self.taken == Taken::Metered && status.is_success()) {
             return None;
         }

@@ -5,6 +5,7 @@
 //! grpc-gateway maps its code to: UNAVAILABLE is a 503, RESOURCE_EXHAUSTED a 429, INTERNAL a 500.
 
 use http::{HeaderMap, StatusCode, header};
+use infermesh_crds::mesh::Protocol;
 
 /// `grpc-status` UNAVAILABLE: the server did not take the call.
 pub(crate) const UNAVAILABLE: u32 = 14;
@@ -22,8 +23,12 @@ pub(crate) fn code(headers: &HeaderMap) -> Option<u32> {
         .ok()
 }
 
-/// The code of a trailers-only answer: a gRPC response whose head carries `grpc-status`.
-pub(crate) fn in_head(headers: &HeaderMap) -> Option<u32> {
+/// The code of a trailers-only answer: a gRPC response whose head carries `grpc-status`. Only a
+/// service of protocol GRPC is asked, so an HTTP service's responses are not looked at.
+pub(crate) fn in_head(protocol: Protocol, headers: &HeaderMap) -> Option<u32> {
+    if protocol != Protocol::Grpc {
+        return None;
+    }
     let grpc = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
@@ -64,13 +69,11 @@ mod tests {
     #[test]
     fn a_trailers_only_answer_is_a_grpc_head_with_a_status() {
         let grpc = ("content-type", "application/grpc+proto");
+        let of = |h: &HeaderMap| in_head(Protocol::Grpc, h);
+        assert_eq!(of(&head(&[grpc, ("grpc-status", "14")])), Some(UNAVAILABLE));
+        assert_eq!(of(&head(&[grpc])), None, "messages follow");
         assert_eq!(
-            in_head(&head(&[grpc, ("grpc-status", "14")])),
-            Some(UNAVAILABLE)
-        );
-        assert_eq!(in_head(&head(&[grpc])), None, "messages follow");
-        assert_eq!(
-            in_head(&head(&[
+            of(&head(&[
                 ("content-type", "text/plain"),
                 ("grpc-status", "14")
             ])),
@@ -78,6 +81,12 @@ mod tests {
             "not gRPC"
         );
         assert_eq!(code(&head(&[("grpc-status", "x")])), None);
+        let unavailable = head(&[grpc, ("grpc-status", "14")]);
+        assert_eq!(
+            in_head(Protocol::Http2, &unavailable),
+            None,
+            "an HTTP service is not asked"
+        );
     }
 
     #[test]
